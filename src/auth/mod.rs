@@ -1,0 +1,195 @@
+//! Token verification: an `Authorization: Bearer` JWT becomes [`AccessClaims`], a `saas-token`
+//! becomes the customer it speaks for. Keys and validation rules are built once at startup;
+//! the HTTP extractors in `http::auth` turn claims into typed principals.
+
+mod keys;
+pub mod mint;
+
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use serde_json::{Map, Value};
+
+pub use keys::{KeySet, KeySource, MIN_SECRET_BYTES};
+
+/// The management scope, and the spelling of it that Emporix also uses.
+pub const MANAGE_SCOPES: [&str; 2] = [
+    "session_context.context_manage",
+    "sessioncontext.context_manage",
+];
+
+/// Names of the claims the service reads; configurable for other identity providers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNames {
+    pub tenant: String,
+    pub scope: String,
+    pub session_id: String,
+    pub customer_id: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames {
+            tenant: "tenant".into(),
+            scope: "scope".into(),
+            session_id: "sessionId".into(),
+            customer_id: "customerId".into(),
+        }
+    }
+}
+
+/// How tokens are verified.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Keys for access tokens.
+    pub access: KeySource,
+    /// Keys for saas-tokens; `None` = the access keys.
+    pub saas: Option<KeySource>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub claims: ClaimNames,
+}
+
+/// What a verified access token says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// The tenant claim and any `tenant=<name>` scope entries.
+    pub tenants: Vec<String>,
+    pub scopes: Vec<String>,
+    pub session_id: Option<String>,
+    /// The customer claim, else `sub`; `None` for anonymous tokens.
+    pub customer_id: Option<String>,
+}
+
+impl AccessClaims {
+    /// Whether the token is for `tenant`.
+    pub fn is_for_tenant(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|t| t == tenant)
+    }
+
+    /// Whether the token may use the management endpoints.
+    pub fn may_manage(&self) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| MANAGE_SCOPES.contains(&s.as_str()))
+    }
+}
+
+/// Why a token was refused. The reason goes to the log, never to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid token: {0}")]
+pub struct InvalidToken(pub String);
+
+/// Verifies access tokens and saas-tokens.
+pub struct Verifier {
+    access: KeySet,
+    saas: KeySet,
+    validations: Vec<(Algorithm, Validation)>,
+    claims: ClaimNames,
+}
+
+impl Verifier {
+    /// Builds the keys and rules; the error names what is wrong with the configuration.
+    pub fn new(settings: &AuthSettings) -> Result<Self, String> {
+        let access = KeySet::load(&settings.access)?;
+        let saas = match &settings.saas {
+            Some(source) => KeySet::load(source)?,
+            None => access.clone(),
+        };
+        let validations = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256]
+            .into_iter()
+            .map(|alg| (alg, validation(alg, settings)))
+            .collect();
+        Ok(Verifier {
+            access,
+            saas,
+            validations,
+            claims: settings.claims.clone(),
+        })
+    }
+
+    /// Verifies an access token and reads its claims.
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
+        let claims = self.verify(&self.access, token)?;
+        let names = &self.claims;
+        let mut scopes: Vec<String> = match claims.get(&names.scope) {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut tenants: Vec<String> = scopes
+            .iter()
+            .filter_map(|s| s.strip_prefix("tenant=").map(str::to_owned))
+            .collect();
+        tenants.extend(string_claim(&claims, &names.tenant));
+        scopes.retain(|s| !s.starts_with("tenant="));
+        Ok(AccessClaims {
+            tenants,
+            scopes,
+            session_id: string_claim(&claims, &names.session_id),
+            customer_id: string_claim(&claims, &names.customer_id)
+                .or_else(|| string_claim(&claims, "sub")),
+        })
+    }
+
+    /// Verifies a saas-token and returns the customer it speaks for (its `sub`).
+    pub fn verify_saas(&self, token: &str) -> Result<String, InvalidToken> {
+        let claims = self.verify(&self.saas, token)?;
+        string_claim(&claims, "sub").ok_or_else(|| InvalidToken("saas-token has no sub".into()))
+    }
+
+    fn verify(&self, keys: &KeySet, token: &str) -> Result<Map<String, Value>, InvalidToken> {
+        let header = decode_header(token).map_err(|e| InvalidToken(e.to_string()))?;
+        let key = keys
+            .pick(header.kid.as_deref())
+            .ok_or_else(|| InvalidToken("no key for this kid".into()))?;
+        if header.alg != key.algorithm {
+            return Err(InvalidToken(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let (_, validation) = self
+            .validations
+            .iter()
+            .find(|(alg, _)| *alg == key.algorithm)
+            .ok_or_else(|| InvalidToken("unsupported algorithm".into()))?;
+        decode::<Map<String, Value>>(token, &key.key, validation)
+            .map(|data| data.claims)
+            .map_err(|e| InvalidToken(e.to_string()))
+    }
+}
+
+fn validation(alg: Algorithm, settings: &AuthSettings) -> Validation {
+    let mut v = Validation::new(alg);
+    // An expired token is expired: no grace period.
+    v.leeway = 0;
+    v.validate_nbf = true;
+    let mut required = vec!["exp"];
+    if let Some(issuer) = &settings.issuer {
+        v.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    match &settings.audience {
+        Some(audience) => {
+            v.set_audience(&[audience]);
+            required.push("aud");
+        }
+        // No audience configured: there is nothing to compare a token's `aud` with.
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+use super::mint::{TokenSpec, mint_hs256};
+use super::*;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn keys_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
+}
+
+fn settings(access: KeySource) -> AuthSettings {
+    AuthSettings {
+        access,
+        saas: None,
+        issuer: None,
+        audience: None,
+        claims: ClaimNames::default(),
+    }
+}
+
+fn hs_verifier() -> Verifier {
+    Verifier::new(&settings(KeySource::Secret(SECRET.to_vec()))).unwrap()
+}
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+fn sign(header: Header, claims: serde_json::Value, key: &EncodingKey) -> String {
+    encode(&header, &claims, key).unwrap()
+}
+
+#[test]
+fn short_secrets_are_refused_at_startup() {
+    let err = Verifier::new(&settings(KeySource::Secret(b"short".to_vec())))
+        .err()
+        .unwrap();
+    assert!(err.contains("at least 32"), "{err}");
+}
+
+#[test]
+fn a_minted_management_token_verifies_with_its_claims() {
+    let spec = TokenSpec {
+        tenant: Some("shop".into()),
+        scope: Some("session_context.context_manage tenant=other".into()),
+        ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let claims = hs_verifier()
+        .verify_access(&mint_hs256(SECRET, &spec).unwrap())
+        .unwrap();
+    assert!(claims.is_for_tenant("shop"));
+    assert!(claims.is_for_tenant("other"));
+    assert!(!claims.is_for_tenant("third"));
+    assert!(claims.may_manage());
+    assert_eq!(claims.customer_id, None);
+}
+
+#[test]
+fn customer_falls_back_to_sub_and_scope_may_be_a_list() {
+    let token = sign(
+        Header::default(),
+        json!({"exp": now() + 60, "sub": "C5", "sessionId": "s1", "scope": ["sessioncontext.context_manage"]}),
+        &EncodingKey::from_secret(SECRET),
+    );
+    let claims = hs_verifier().verify_access(&token).unwrap();
+    assert_eq!(claims.customer_id.as_deref(), Some("C5"));
+    assert_eq!(claims.session_id.as_deref(), Some("s1"));
+    assert!(claims.may_manage());
+}
+
+#[test]
+fn bad_tokens_are_refused() {
+    let good_claims = json!({"exp": now() + 60, "tenant": "shop"});
+    let wrong_key = sign(
+        Header::default(),
+        good_claims.clone(),
+        &EncodingKey::from_secret(&[7u8; 32]),
+    );
+    let expired = sign(
+        Header::default(),
+        json!({"exp": now() - 1, "tenant": "shop"}),
+        &EncodingKey::from_secret(SECRET),
+    );
+    let no_exp = sign(
+        Header::default(),
+        json!({"tenant": "shop"}),
+        &EncodingKey::from_secret(SECRET),
+    );
+    let not_yet = sign(
+        Header::default(),
+        json!({"exp": now() + 60, "nbf": now() + 30}),
+        &EncodingKey::from_secret(SECRET),
+    );
+    let good = sign(
+        Header::default(),
+        good_claims,
+        &EncodingKey::from_secret(SECRET),
+    );
+    let mut parts: Vec<&str> = good.split('.').collect();
+    // alg: none, with the signature dropped
+    let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+    let alg_none = format!("{none_header}.{}.", parts[1]);
+    // a tampered payload under the original signature
+    let tampered_payload = base64_url(&json!({"exp": now() + 60, "tenant": "evil"}).to_string());
+    parts[1] = &tampered_payload;
+    let tampered = parts.join(".");
+    let verifier = hs_verifier();
+    for (name, token) in [
+        ("wrong key", wrong_key),
+        ("expired", expired),
+        ("no exp", no_exp),
+        ("not yet valid", not_yet),
+        ("alg none", alg_none),
+        ("tampered", tampered),
+        ("garbage", "not.a.jwt".to_string()),
+        ("empty", String::new()),
+    ] {
+        assert!(
+            verifier.verify_access(&token).is_err(),
+            "{name} was accepted"
+        );
+    }
+}
+
+#[test]
+fn rs256_pem_keys_verify_and_refuse_hs256_signed_with_the_public_key() {
+    let verifier = Verifier::new(&settings(KeySource::PublicKeyPem(
+        keys_dir().join("rsa_public.pem"),
+    )))
+    .unwrap();
+    let private = std::fs::read(keys_dir().join("rsa_private.pem")).unwrap();
+    let claims = json!({"exp": now() + 60, "tenant": "shop"});
+    let rs = sign(
+        Header::new(jsonwebtoken::Algorithm::RS256),
+        claims.clone(),
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+    );
+    assert!(verifier.verify_access(&rs).unwrap().is_for_tenant("shop"));
+    let public = std::fs::read(keys_dir().join("rsa_public.pem")).unwrap();
+    let confused = sign(
+        Header::default(),
+        claims,
+        &EncodingKey::from_secret(&public),
+    );
+    assert!(verifier.verify_access(&confused).is_err());
+}
+
+#[test]
+fn jwks_keys_are_chosen_by_kid() {
+    let verifier = Verifier::new(&settings(KeySource::Jwks(keys_dir().join("jwks.json")))).unwrap();
+    let ec_private = std::fs::read(keys_dir().join("ec_private.pem")).unwrap();
+    let key = EncodingKey::from_ec_pem(&ec_private).unwrap();
+    let claims = json!({"exp": now() + 60, "tenant": "shop"});
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("ec-1".into());
+    assert!(
+        verifier
+            .verify_access(&sign(header.clone(), claims.clone(), &key))
+            .is_ok()
+    );
+    header.kid = Some("unknown".into());
+    assert!(
+        verifier
+            .verify_access(&sign(header.clone(), claims.clone(), &key))
+            .is_err()
+    );
+    header.kid = Some("rsa-1".into());
+    assert!(
+        verifier
+            .verify_access(&sign(header, claims.clone(), &key))
+            .is_err()
+    );
+    // two keys in the set: a token without kid cannot be matched
+    let no_kid = sign(Header::new(jsonwebtoken::Algorithm::ES256), claims, &key);
+    assert!(verifier.verify_access(&no_kid).is_err());
+}
+
+#[test]
+fn issuer_and_audience_are_required_when_configured() {
+    let mut s = settings(KeySource::Secret(SECRET.to_vec()));
+    s.issuer = Some("https://idp".into());
+    s.audience = Some("session-context".into());
+    let verifier = Verifier::new(&s).unwrap();
+    let key = EncodingKey::from_secret(SECRET);
+    let ok = sign(
+        Header::default(),
+        json!({"exp": now() + 60, "iss": "https://idp", "aud": "session-context"}),
+        &key,
+    );
+    let wrong_iss = sign(
+        Header::default(),
+        json!({"exp": now() + 60, "iss": "https://x", "aud": "session-context"}),
+        &key,
+    );
+    let missing_aud = sign(
+        Header::default(),
+        json!({"exp": now() + 60, "iss": "https://idp"}),
+        &key,
+    );
+    assert!(verifier.verify_access(&ok).is_ok());
+    assert!(verifier.verify_access(&wrong_iss).is_err());
+    assert!(verifier.verify_access(&missing_aud).is_err());
+}
+
+#[test]
+fn saas_tokens_may_have_their_own_secret() {
+    let saas_secret = b"ffffffffffffffffffffffffffffffff".to_vec();
+    let mut s = settings(KeySource::Secret(SECRET.to_vec()));
+    s.saas = Some(KeySource::Secret(saas_secret.clone()));
+    let verifier = Verifier::new(&s).unwrap();
+    let spec = TokenSpec {
+        subject: Some("C1".into()),
+        ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    assert_eq!(
+        verifier
+            .verify_saas(&mint_hs256(&saas_secret, &spec).unwrap())
+            .unwrap(),
+        "C1"
+    );
+    assert!(
+        verifier
+            .verify_saas(&mint_hs256(SECRET, &spec).unwrap())
+            .is_err()
+    );
+}
+
+fn base64_url(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}

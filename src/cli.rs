@@ -1,0 +1,195 @@
+//! The command line: `serve` and `token`, every `serve` flag also settable by an environment
+//! variable. Operators script against these names; keep them stable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+use crate::store::StoreUrl;
+
+/// A self-hostable service that speaks the Emporix Session-context API.
+#[derive(Debug, Parser)]
+#[command(name = "session-context", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Print a signed HS256 token (for tests, demos and scripts).
+    Token(TokenArgs),
+}
+
+/// Flags of `session-context serve`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("key").args(["jwt_secret", "jwt_public_key", "jwks"]).multiple(false)))]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "SESSION_CONTEXT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where sessions are stored: sqlite://PATH or memory://.
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_STORE",
+        default_value = "sqlite://./data/session-context.db"
+    )]
+    pub store: StoreUrl,
+
+    /// HS256 shared secret for access tokens (at least 32 bytes).
+    #[arg(long, env = "SESSION_CONTEXT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key file for RS256 (RSA) or ES256 (P-256) access tokens.
+    #[arg(long, env = "SESSION_CONTEXT_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file with RS256/ES256 keys; a token's key is picked by its `kid`.
+    #[arg(long, env = "SESSION_CONTEXT_JWKS", value_name = "FILE")]
+    pub jwks: Option<PathBuf>,
+
+    /// Required `iss` of access tokens.
+    #[arg(long, env = "SESSION_CONTEXT_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// Required `aud` of access tokens.
+    #[arg(long, env = "SESSION_CONTEXT_AUDIENCE")]
+    pub audience: Option<String>,
+
+    /// HS256 secret for saas-tokens (default: the access-token key).
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_SAAS_TOKEN_SECRET",
+        hide_env_values = true,
+        conflicts_with = "saas_token_public_key"
+    )]
+    pub saas_token_secret: Option<String>,
+
+    /// PEM public key file for saas-tokens (default: the access-token key).
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_SAAS_TOKEN_PUBLIC_KEY",
+        value_name = "FILE"
+    )]
+    pub saas_token_public_key: Option<PathBuf>,
+
+    /// Claim that names the token's tenant.
+    #[arg(long, env = "SESSION_CONTEXT_CLAIM_TENANT", default_value = "tenant")]
+    pub claim_tenant: String,
+
+    /// Claim that holds the token's scopes.
+    #[arg(long, env = "SESSION_CONTEXT_CLAIM_SCOPE", default_value = "scope")]
+    pub claim_scope: String,
+
+    /// Claim that names the session of customer and anonymous tokens.
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_CLAIM_SESSION_ID",
+        default_value = "sessionId"
+    )]
+    pub claim_session_id: String,
+
+    /// Claim that names the customer of customer tokens (else `sub`).
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_CLAIM_CUSTOMER_ID",
+        default_value = "customerId"
+    )]
+    pub claim_customer_id: String,
+
+    /// Lifetime of anonymous sessions after their last change: 2s, 30m, 1h, ... (0 = never).
+    #[arg(long, env = "SESSION_CONTEXT_ANONYMOUS_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub anonymous_ttl: Duration,
+
+    /// Largest accepted request body in bytes (413 beyond).
+    #[arg(long, env = "SESSION_CONTEXT_MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+
+    /// How often expired sessions are swept from storage.
+    #[arg(long, env = "SESSION_CONTEXT_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Try it out: use a random secret (unless one is given) and print ready-to-use tokens.
+    #[arg(long, env = "SESSION_CONTEXT_DEV")]
+    pub dev: bool,
+}
+
+/// Flags of `session-context token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The HS256 secret the service verifies with (at least 32 bytes).
+    #[arg(long, env = "SESSION_CONTEXT_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+
+    /// The tenant the token is for.
+    #[arg(long)]
+    pub tenant: String,
+
+    /// Space-separated scopes, e.g. session_context.context_manage.
+    #[arg(long)]
+    pub scope: Option<String>,
+
+    /// The session `/me` addresses (customer and anonymous tokens).
+    #[arg(long)]
+    pub session_id: Option<String>,
+
+    /// The customer (customer tokens).
+    #[arg(long)]
+    pub customer_id: Option<String>,
+
+    /// The `sub` claim (saas-tokens carry the customer here).
+    #[arg(long)]
+    pub subject: Option<String>,
+
+    /// How long the token is valid: 30m, 1h, 7d, ...
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Parses `0` or a duration with a unit: `500ms`, `2s`, `30m`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 2s, 30m or 1h: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5").is_err());
+    }
+
+    #[test]
+    fn key_flags_exclude_each_other() {
+        let parsed = Cli::try_parse_from([
+            "session-context",
+            "serve",
+            "--jwt-secret",
+            "x",
+            "--jwks",
+            "k.json",
+        ]);
+        assert!(parsed.is_err());
+    }
+}

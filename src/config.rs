@@ -1,0 +1,141 @@
+//! [`Settings`]: the one typed configuration of a running service, built once from the
+//! command line (and its environment variables), checked, and passed down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::auth::{AuthSettings, ClaimNames, KeySource};
+use crate::cli::ServeArgs;
+use crate::store::StoreUrl;
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub store: StoreUrl,
+    pub auth: AuthSettings,
+    /// Lifetime of anonymous sessions; `None` = never expire.
+    pub anonymous_ttl: Option<Duration>,
+    pub max_body_bytes: usize,
+    pub sweep_interval: Duration,
+    /// In `--dev` mode, the secret to print demo tokens with.
+    pub dev_secret: Option<Vec<u8>>,
+}
+
+/// What `serve` says when no key is configured.
+pub const NO_KEY: &str = "no token key is configured: pass --jwt-secret (HS256, at least 32 bytes), \
+--jwt-public-key FILE (RS256/ES256 PEM) or --jwks FILE (or the SESSION_CONTEXT_JWT_SECRET, \
+SESSION_CONTEXT_JWT_PUBLIC_KEY or SESSION_CONTEXT_JWKS variables); or run `serve --dev` to try \
+the service with a random secret";
+
+impl Settings {
+    /// Checks the flags and builds the settings; the error says which flag to fix.
+    pub fn from_args(args: ServeArgs) -> Result<Self, String> {
+        let access = match (args.jwt_secret, args.jwt_public_key, args.jwks) {
+            (Some(secret), None, None) => KeySource::Secret(secret.into_bytes()),
+            (None, Some(pem), None) => KeySource::PublicKeyPem(pem),
+            (None, None, Some(jwks)) => KeySource::Jwks(jwks),
+            (None, None, None) if args.dev => KeySource::Secret(random_secret()?),
+            (None, None, None) => return Err(NO_KEY.into()),
+            _ => return Err("give only one of --jwt-secret, --jwt-public-key and --jwks".into()),
+        };
+        let dev_secret = match (&access, args.dev) {
+            (KeySource::Secret(secret), true) => Some(secret.clone()),
+            (_, true) => {
+                return Err(
+                    "--dev prints HS256 tokens, so it needs --jwt-secret or no key at all".into(),
+                );
+            }
+            (_, false) => None,
+        };
+        let saas = match (args.saas_token_secret, args.saas_token_public_key) {
+            (Some(secret), _) => Some(KeySource::Secret(secret.into_bytes())),
+            (None, Some(pem)) => Some(KeySource::PublicKeyPem(pem)),
+            (None, None) => None,
+        };
+        if args.max_body_bytes == 0 {
+            return Err("--max-body-bytes must be greater than 0".into());
+        }
+        if args.sweep_interval.is_zero() {
+            return Err("--sweep-interval must be greater than 0".into());
+        }
+        Ok(Settings {
+            listen: args.listen,
+            store: args.store,
+            auth: AuthSettings {
+                access,
+                saas,
+                issuer: args.issuer,
+                audience: args.audience,
+                claims: ClaimNames {
+                    tenant: args.claim_tenant,
+                    scope: args.claim_scope,
+                    session_id: args.claim_session_id,
+                    customer_id: args.claim_customer_id,
+                },
+            },
+            anonymous_ttl: (!args.anonymous_ttl.is_zero()).then_some(args.anonymous_ttl),
+            max_body_bytes: args.max_body_bytes,
+            sweep_interval: args.sweep_interval,
+            dev_secret,
+        })
+    }
+}
+
+/// 32 random bytes as 64 hex characters (usable as a secret on the command line too).
+fn random_secret() -> Result<Vec<u8>, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a dev secret: {e}"))?;
+    Ok(bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec!["session-context", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Serve(a) => Settings::from_args(a),
+            Command::Token(_) => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn without_a_key_serve_names_the_flags() {
+        let err = settings(&[]).unwrap_err();
+        for flag in ["--jwt-secret", "--jwt-public-key", "--jwks", "--dev"] {
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn dev_mode_makes_a_long_random_secret() {
+        let a = settings(&["--dev"]).unwrap();
+        let b = settings(&["--dev"]).unwrap();
+        assert_eq!(a.dev_secret.as_ref().unwrap().len(), 64);
+        assert_ne!(a.dev_secret, b.dev_secret);
+    }
+
+    #[test]
+    fn defaults_follow_the_issue() {
+        let s = settings(&["--jwt-secret", "0123456789abcdef0123456789abcdef"]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.store.to_string(), "sqlite://./data/session-context.db");
+        assert_eq!(s.anonymous_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(s.max_body_bytes, 65_536);
+        assert_eq!(s.dev_secret, None);
+        let never = settings(&["--jwt-secret", "x", "--anonymous-ttl", "0"]).unwrap();
+        assert_eq!(never.anonymous_ttl, None);
+    }
+}

@@ -1,0 +1,211 @@
+//! The contract's input rules, one function each, and the error that names the offending field.
+
+use serde::Serialize;
+
+use super::session::TextField;
+
+/// Longest accepted value of a free text field (`siteCode`, `customerId`, `cartId`).
+pub const MAX_TEXT_CHARS: usize = 256;
+/// Longest accepted attribute name, in bytes of UTF-8.
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 256;
+/// Deepest accepted nesting of a request body (the body object itself is level 1).
+pub const MAX_BODY_DEPTH: usize = 32;
+
+/// One reason a request was refused, as listed in an error body's `details`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The field, as a dotted path (`metadata.version`, `context.colour`).
+    pub field: String,
+    /// A short machine-readable reason: `required`, `invalid_type`, `invalid_format`, `too_long`, `mismatch`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// What a person should change.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, kind: &'static str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A tenant: `^[a-z][a-z0-9]+$`, 3 to 16 characters.
+pub fn tenant(value: &str) -> Result<(), FieldError> {
+    let mut chars = value.chars();
+    let ok = (3..=16).contains(&value.len())
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    ok.then_some(()).ok_or_else(|| {
+        FieldError::new(
+            "tenant",
+            "invalid_format",
+            "tenant must be 3 to 16 lowercase letters and digits, starting with a letter",
+        )
+    })
+}
+
+/// A session id: 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+pub fn session_id(value: &str) -> Result<(), FieldError> {
+    let ok = (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    ok.then_some(()).ok_or_else(|| {
+        FieldError::new(
+            "sessionId",
+            "invalid_format",
+            "sessionId must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+        )
+    })
+}
+
+/// An attribute name: 1 to 256 bytes of UTF-8 without control characters.
+pub fn attribute_name(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = (1..=MAX_ATTRIBUTE_NAME_BYTES).contains(&value.len())
+        && !value.chars().any(char::is_control);
+    ok.then_some(()).ok_or_else(|| {
+        FieldError::new(
+            field,
+            "invalid_format",
+            "attribute names are 1 to 256 bytes without control characters",
+        )
+    })
+}
+
+/// The value rule of one text field.
+pub fn text_field(field: TextField, value: &str) -> Result<(), FieldError> {
+    let name = field.json_name();
+    let (ok, rule) = match field {
+        TextField::Currency => (
+            value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()),
+            "currency must be three capital letters (EUR)",
+        ),
+        TextField::TargetLocation => (
+            value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()),
+            "targetLocation must be two capital letters (DE)",
+        ),
+        TextField::Language => (
+            is_language_tag(value),
+            "language must be a BCP-47 tag (de, en-US)",
+        ),
+        TextField::CustomerId | TextField::SiteCode | TextField::CartId => (
+            value.chars().count() <= MAX_TEXT_CHARS,
+            "at most 256 characters",
+        ),
+    };
+    ok.then_some(())
+        .ok_or_else(|| FieldError::new(name, "invalid_format", rule))
+}
+
+/// A BCP-47 tag in the contract's sense: letters, digits and hyphens, at most 35 characters,
+/// a primary subtag of 2 to 8 letters and subtags of 1 to 8 characters.
+fn is_language_tag(value: &str) -> bool {
+    if value.is_empty() || value.len() > 35 {
+        return false;
+    }
+    let mut parts = value.split('-');
+    let primary_ok = parts
+        .next()
+        .is_some_and(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
+    primary_ok
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Whether the JSON text nests arrays and objects deeper than `max`. Scans bytes without
+/// parsing, so that a hostile body is refused before any recursive parser sees it.
+pub fn nests_deeper_than(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_rule_follows_the_contract() {
+        for ok in ["abc", "shop1", "a23456789012345b"] {
+            assert!(tenant(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "1abc", "Abc", "ab-c", "a234567890123456b", "", "abc "] {
+            assert!(tenant(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn session_id_rule_follows_the_contract() {
+        assert!(session_id("62528895-b561-4518-bfdc-2cbf52a07845").is_ok());
+        assert!(session_id("a.b_c:d-E9").is_ok());
+        assert!(session_id(&"x".repeat(128)).is_ok());
+        for bad in ["", "a b", "a/b", "é", "a%2F"] {
+            assert!(session_id(bad).is_err(), "{bad}");
+        }
+        assert!(session_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn attribute_names_are_bounded_and_printable() {
+        assert!(attribute_name("attributeName", "colour").is_ok());
+        assert!(attribute_name("attributeName", "ünïcödé key").is_ok());
+        assert!(attribute_name("attributeName", &"x".repeat(256)).is_ok());
+        assert!(attribute_name("attributeName", &"x".repeat(257)).is_err());
+        assert!(attribute_name("attributeName", "").is_err());
+        assert!(attribute_name("attributeName", "a\nb").is_err());
+        assert!(attribute_name("attributeName", "a\u{7f}").is_err());
+    }
+
+    #[test]
+    fn text_fields_have_their_own_formats() {
+        assert!(text_field(TextField::Currency, "EUR").is_ok());
+        assert!(text_field(TextField::Currency, "eur").is_err());
+        assert!(text_field(TextField::Currency, "EURO").is_err());
+        assert!(text_field(TextField::TargetLocation, "DE").is_ok());
+        assert!(text_field(TextField::TargetLocation, "DEU").is_err());
+        for ok in ["de", "DE", "en-US", "zh-Hant-TW", "sr-Latn-RS"] {
+            assert!(text_field(TextField::Language, ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "d", "en_US", "en-", "-en", "de DE", &"a".repeat(36)] {
+            assert!(text_field(TextField::Language, bad).is_err(), "{bad}");
+        }
+        assert!(text_field(TextField::SiteCode, &"s".repeat(256)).is_ok());
+        assert!(text_field(TextField::SiteCode, &"s".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn depth_scan_counts_containers_but_not_brackets_in_strings() {
+        assert!(!nests_deeper_than(br#"{"a":{"b":[1,2]}}"#, 3));
+        assert!(nests_deeper_than(br#"{"a":{"b":[[1]]}}"#, 3));
+        assert!(!nests_deeper_than(br#"{"a":"[[[[[[{{{{"}"#, 1));
+        assert!(!nests_deeper_than(br#"{"a":"\"[[[["}"#, 1));
+        let deep = "[".repeat(100_000);
+        assert!(nests_deeper_than(deep.as_bytes(), MAX_BODY_DEPTH));
+    }
+}

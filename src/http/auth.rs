@@ -1,0 +1,99 @@
+//! Principals as extractors: a handler that takes a [`ManagementPrincipal`] or a
+//! [`MePrincipal`] cannot run unless the bearer token verifies, is for the path's tenant, and
+//! grants that kind of access. Checks run in the order 401 (token), 400 (tenant format),
+//! 403 (tenant, scope, session claim).
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::AppState;
+use super::error::{ApiError, ErrorKind};
+use super::extract::path_param;
+use crate::auth::AccessClaims;
+use crate::domain::validate;
+
+/// A caller with the management scope for `tenant`.
+#[derive(Debug, Clone)]
+pub struct ManagementPrincipal {
+    pub tenant: String,
+}
+
+/// A storefront caller (customer or anonymous) acting on its own session.
+#[derive(Debug, Clone)]
+pub struct MePrincipal {
+    pub tenant: String,
+    pub session_id: String,
+    /// `None` for anonymous tokens.
+    pub customer_id: Option<String>,
+}
+
+impl FromRequestParts<AppState> for ManagementPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (tenant, claims) = authenticate(parts, state).await?;
+        if !claims.may_manage() {
+            return Err(forbidden(
+                "The token lacks the session_context.context_manage scope",
+            ));
+        }
+        Ok(ManagementPrincipal { tenant })
+    }
+}
+
+impl FromRequestParts<AppState> for MePrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (tenant, claims) = authenticate(parts, state).await?;
+        let session_id = claims
+            .session_id
+            .filter(|id| validate::session_id(id).is_ok())
+            .ok_or_else(|| forbidden("The token carries no valid session id"))?;
+        Ok(MePrincipal {
+            tenant,
+            session_id,
+            customer_id: claims.customer_id,
+        })
+    }
+}
+
+/// Verifies the bearer token and checks it is for the path's tenant.
+async fn authenticate(
+    parts: &mut Parts,
+    state: &AppState,
+) -> Result<(String, AccessClaims), ApiError> {
+    let token = bearer(parts).ok_or(ErrorKind::Unauthenticated {
+        message: "A bearer token is required",
+    })?;
+    let claims = state.verifier.verify_access(token).map_err(|e| {
+        tracing::debug!(reason = %e, "access token refused");
+        ApiError::from(ErrorKind::Unauthenticated {
+            message: "The bearer token is invalid or expired",
+        })
+    })?;
+    let tenant = path_param(parts, "tenant").await?;
+    validate::tenant(&tenant).map_err(ApiError::invalid)?;
+    if !claims.is_for_tenant(&tenant) {
+        return Err(forbidden("The token is not for this tenant"));
+    }
+    Ok((tenant, claims))
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn forbidden(message: &'static str) -> ApiError {
+    ErrorKind::Forbidden { message }.into()
+}

@@ -1,0 +1,111 @@
+//! The management resource `/session-context/{tenant}/context/{sessionId}`: read (1),
+//! replace or create (2) and end (9) a session.
+
+use axum::extract::State;
+use axum::response::Response;
+
+use super::auth::ManagementPrincipal;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{IfMatch, JsonBody, Saas, SessionIdParam, Upsert, expected_version};
+use super::{AppState, change_response, no_content, session_response};
+use crate::domain::request;
+use crate::domain::session::SessionContext;
+use crate::service::Caller;
+use crate::store::SessionKey;
+
+/// Reads a session context.
+#[utoipa::path(
+    get,
+    path = "/session-context/{tenant}/context/{sessionId}",
+    tag = "Session management",
+    params(("tenant" = String, Path), ("sessionId" = String, Path)),
+    responses(
+        (status = 200, description = "The session context", body = SessionContext,
+            headers(("ETag" = String, description = "The version in quotes"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = ["session_context.context_manage"]))
+)]
+pub async fn get_context(
+    State(state): State<AppState>,
+    principal: ManagementPrincipal,
+    SessionIdParam(id): SessionIdParam,
+) -> Result<Response, ApiError> {
+    let key = SessionKey::new(principal.tenant, &id);
+    let record = state
+        .sessions
+        .get(&key, &Caller::Management)
+        .await
+        .map_err(|e| ApiError::from(e).for_session(&id))?;
+    Ok(session_response(record))
+}
+
+/// Updates a session context, or creates it with `upsert=true`.
+#[utoipa::path(
+    put,
+    path = "/session-context/{tenant}/context/{sessionId}",
+    tag = "Session management",
+    params(
+        ("tenant" = String, Path), ("sessionId" = String, Path),
+        ("upsert" = Option<bool>, Query, description = "Create the session if it does not exist"),
+        ("saas-token" = Option<String>, Header, description = "The customer's token; required when the session has or gets a customerId"),
+        ("If-Match" = Option<String>, Header, description = "The expected version in quotes; stands in for metadata.version"),
+    ),
+    request_body(content = super::openapi::PutBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created"), (status = 204, description = "Updated"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = ["session_context.context_manage"]))
+)]
+pub async fn put_context(
+    State(state): State<AppState>,
+    principal: ManagementPrincipal,
+    SessionIdParam(id): SessionIdParam,
+    Upsert(upsert): Upsert,
+    IfMatch(if_match): IfMatch,
+    Saas(saas): Saas,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let with_id = |e: ApiError| e.for_session(&id);
+    let req = request::read_put(&body, &id)
+        .map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
+    let expected = expected_version(if_match, req.version).map_err(with_id)?;
+    let key = SessionKey::new(principal.tenant, &id);
+    let outcome = state
+        .sessions
+        .put(&key, &req, expected, upsert, &saas)
+        .await
+        .map_err(|e| with_id(e.into()))?;
+    Ok(change_response(outcome))
+}
+
+/// Ends a session (an extension of the reference API, e.g. at logout).
+#[utoipa::path(
+    delete,
+    path = "/session-context/{tenant}/context/{sessionId}",
+    tag = "Session management",
+    params(("tenant" = String, Path), ("sessionId" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = ["session_context.context_manage"]))
+)]
+pub async fn delete_context(
+    State(state): State<AppState>,
+    principal: ManagementPrincipal,
+    SessionIdParam(id): SessionIdParam,
+) -> Result<Response, ApiError> {
+    let key = SessionKey::new(principal.tenant, &id);
+    state
+        .sessions
+        .delete(&key)
+        .await
+        .map_err(|e| ApiError::from(e).for_session(&id))?;
+    Ok(no_content())
+}

@@ -1,0 +1,264 @@
+//! [`ApiError`]: every way a request can fail, each mapped in one place to its status and to
+//! the contract's JSON error body. Internal details are logged here and never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::FieldError;
+use crate::service::{Expected, ServiceError};
+use crate::store::StoreError;
+
+/// A failed request: what went wrong and, when one was addressed, which session.
+#[derive(Debug)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub session_id: Option<String>,
+}
+
+/// The kinds of failure, each with its status.
+#[derive(Debug)]
+pub enum ErrorKind {
+    /// 400: the request breaks an input rule; `details` names the fields.
+    BadRequest {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    /// 401: no token, or one that does not verify (`WWW-Authenticate: Bearer`).
+    Unauthenticated { message: &'static str },
+    /// 403: a valid token that does not grant this.
+    Forbidden { message: &'static str },
+    /// 404: the session does not exist (or has expired).
+    SessionNotFound,
+    /// 404: no such route.
+    RouteNotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: `metadata.version` is not the stored version.
+    VersionConflict { current: u64 },
+    /// 412: `If-Match` is not the stored version.
+    PreconditionFailed { current: u64 },
+    /// 413: the body is larger than the configured limit.
+    PayloadTooLarge,
+    /// 415: a body that is not `application/json`.
+    UnsupportedMediaType,
+    /// 500: a bug or a corrupt record; details are in the log.
+    Internal,
+    /// 503: the store cannot be reached, or the session is too contended right now.
+    Unavailable,
+}
+
+/// The JSON error body: the reference's `code`/`message` and the Emporix house style's
+/// `status`/`type`/`details`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// The HTTP status code.
+    pub code: u16,
+    /// The HTTP status code again (Emporix house style).
+    pub status: u16,
+    /// A machine-readable kind, e.g. `resource_not_found`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// What happened, for a person.
+    pub message: String,
+    /// The session addressed, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The stored version, on 409 and 412.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+    /// The offending fields, on validation errors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub details: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, details: Vec<FieldError>) -> Self {
+        ErrorKind::BadRequest {
+            message: message.into(),
+            details,
+        }
+        .into()
+    }
+
+    /// One invalid field.
+    pub fn invalid(error: FieldError) -> Self {
+        Self::bad_request(error.message.clone(), vec![error])
+    }
+
+    /// Names the session the request addressed.
+    pub fn for_session(mut self, session_id: &str) -> Self {
+        self.session_id = Some(session_id.to_owned());
+        self
+    }
+
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ErrorKind::SessionNotFound | ErrorKind::RouteNotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::VersionConflict { .. } => StatusCode::CONFLICT,
+            ErrorKind::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn body(self) -> ErrorBody {
+        let status = self.status().as_u16();
+        let (kind, message, current_version, details) = match self.kind {
+            ErrorKind::BadRequest { message, details } => {
+                ("validation_error", message, None, details)
+            }
+            ErrorKind::Unauthenticated { message } => {
+                ("unauthorized", message.into(), None, vec![])
+            }
+            ErrorKind::Forbidden { message } => ("forbidden", message.into(), None, vec![]),
+            ErrorKind::SessionNotFound => (
+                "resource_not_found",
+                "Session not found".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::RouteNotFound => (
+                "resource_not_found",
+                "No such resource".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::MethodNotAllowed => (
+                "method_not_allowed",
+                "This method is not allowed on this resource".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::VersionConflict { current } => (
+                "conflict",
+                format!("metadata.version does not match the stored version {current}"),
+                Some(current),
+                vec![],
+            ),
+            ErrorKind::PreconditionFailed { current } => (
+                "precondition_failed",
+                format!("If-Match does not match the stored version {current}"),
+                Some(current),
+                vec![],
+            ),
+            ErrorKind::PayloadTooLarge => (
+                "payload_too_large",
+                "The request body is too large".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::UnsupportedMediaType => (
+                "unsupported_media_type",
+                "The request body must be application/json".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::Internal => (
+                "internal_error",
+                "An internal error occurred".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::Unavailable => (
+                "service_unavailable",
+                "The service is temporarily unavailable; retry shortly".into(),
+                None,
+                vec![],
+            ),
+        };
+        ErrorBody {
+            code: status,
+            status,
+            kind,
+            message,
+            session_id: self.session_id,
+            current_version,
+            details,
+        }
+    }
+}
+
+impl From<ErrorKind> for ApiError {
+    fn from(kind: ErrorKind) -> Self {
+        ApiError {
+            kind,
+            session_id: None,
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        let kind = match err {
+            ServiceError::NotFound => ErrorKind::SessionNotFound,
+            ServiceError::VersionMismatch {
+                current,
+                expected: Expected::IfMatch(_) | Expected::Any,
+            } => ErrorKind::PreconditionFailed { current },
+            ServiceError::VersionMismatch { current, .. } => ErrorKind::VersionConflict { current },
+            ServiceError::Invalid(details) => ErrorKind::BadRequest {
+                message: details
+                    .first()
+                    .map_or_else(|| "invalid request".into(), |d| d.message.clone()),
+                details,
+            },
+            ServiceError::SaasUnauthenticated => ErrorKind::Unauthenticated {
+                message: "A valid saas-token for the session's customer is required",
+            },
+            ServiceError::SaasForbidden => ErrorKind::Forbidden {
+                message: "The saas-token is for another customer",
+            },
+            ServiceError::NotYourSession => ErrorKind::Forbidden {
+                message: "The session belongs to another customer",
+            },
+            ServiceError::Contention => {
+                tracing::warn!("gave up on a change after too many concurrent writers");
+                ErrorKind::Unavailable
+            }
+            ServiceError::Store(e) => return e.into(),
+        };
+        kind.into()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(reason) => {
+                tracing::error!(%reason, "store unavailable");
+                ErrorKind::Unavailable.into()
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ErrorKind::Internal.into()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let challenge = matches!(self.kind, ErrorKind::Unauthenticated { .. });
+        let mut response = (status, axum::Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        if challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,212 @@
+//! Extractors for everything a request carries besides its token: path parameters checked
+//! against the contract's rules, `?upsert`, `If-Match`, the `saas-token`, and a JSON body read
+//! within the size limit and refused before parsing if it nests too deep.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::{ApiError, ErrorKind};
+use crate::domain::validate::{self, FieldError, MAX_BODY_DEPTH};
+use crate::service::{Expected, SaasToken};
+
+/// The value of one named path parameter, percent-decoded.
+pub async fn path_param(parts: &mut Parts, name: &str) -> Result<String, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, &())
+        .await
+        .map_err(|_| {
+            ApiError::invalid(FieldError::new(
+                name,
+                "invalid_format",
+                "the path is not valid UTF-8",
+            ))
+        })?;
+    params
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_owned())
+        .ok_or_else(|| ErrorKind::RouteNotFound.into())
+}
+
+/// The `{sessionId}` path parameter, checked.
+pub struct SessionIdParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionIdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let id = path_param(parts, "sessionId").await?;
+        validate::session_id(&id).map_err(ApiError::invalid)?;
+        Ok(SessionIdParam(id))
+    }
+}
+
+/// The `{attributeName}` path parameter, checked.
+pub struct AttributeNameParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AttributeNameParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let name = path_param(parts, "attributeName").await?;
+        validate::attribute_name("attributeName", &name).map_err(ApiError::invalid)?;
+        Ok(AttributeNameParam(name))
+    }
+}
+
+/// `?upsert=true|false`; absent means false.
+pub struct Upsert(pub bool);
+
+#[derive(Deserialize)]
+struct UpsertQuery {
+    upsert: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upsert {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let invalid = || {
+            ApiError::invalid(FieldError::new(
+                "upsert",
+                "invalid_format",
+                "upsert must be true or false",
+            ))
+        };
+        let Query(query) = Query::<UpsertQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| invalid())?;
+        match query.upsert.as_deref() {
+            None | Some("false") => Ok(Upsert(false)),
+            Some("true") => Ok(Upsert(true)),
+            Some(_) => Err(invalid()),
+        }
+    }
+}
+
+/// An `If-Match` header: `"<version>"` or `*`.
+pub struct IfMatch(pub Option<Expected>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let text = value.to_str().unwrap_or("").trim();
+        if text == "*" {
+            return Ok(IfMatch(Some(Expected::Any)));
+        }
+        text.strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(|v| IfMatch(Some(Expected::IfMatch(v))))
+            .ok_or_else(|| {
+                ApiError::invalid(FieldError::new(
+                    "If-Match",
+                    "invalid_format",
+                    "If-Match must be a version in quotes (\"3\") or *",
+                ))
+            })
+    }
+}
+
+/// Which version a PUT or PATCH expects: `If-Match` if sent, else `metadata.version`
+/// (one of the two is required; if both are sent they must agree).
+pub fn expected_version(
+    if_match: Option<Expected>,
+    body: Option<u64>,
+) -> Result<Expected, ApiError> {
+    match (if_match, body) {
+        (Some(Expected::IfMatch(h)), Some(b)) if h != b => Err(ApiError::invalid(FieldError::new(
+            "metadata.version",
+            "mismatch",
+            "metadata.version and If-Match name different versions",
+        ))),
+        (Some(expected), _) => Ok(expected),
+        (None, Some(version)) => Ok(Expected::Body(version)),
+        (None, None) => Err(ApiError::invalid(FieldError::new(
+            "metadata.version",
+            "required",
+            "metadata.version is required",
+        ))),
+    }
+}
+
+/// The `saas-token` header, verified.
+pub struct Saas(pub SaasToken);
+
+impl FromRequestParts<AppState> for Saas {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("saas-token") else {
+            return Ok(Saas(SaasToken::Missing));
+        };
+        let token = value.to_str().unwrap_or("").trim();
+        let token = token.strip_prefix("Bearer ").unwrap_or(token);
+        Ok(Saas(match state.verifier.verify_saas(token) {
+            Ok(customer) => SaasToken::Customer(customer),
+            Err(e) => {
+                tracing::debug!(reason = %e, "saas-token refused");
+                SaasToken::Invalid
+            }
+        }))
+    }
+}
+
+/// A JSON object body: `application/json`, within the size limit, at most 32 levels deep.
+pub struct JsonBody(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ErrorKind::UnsupportedMediaType.into());
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::from(ErrorKind::PayloadTooLarge)
+            } else {
+                ApiError::bad_request("The request body could not be read", vec![])
+            }
+        })?;
+        if validate::nests_deeper_than(&bytes, MAX_BODY_DEPTH) {
+            return Err(ApiError::invalid(FieldError::new(
+                "body",
+                "too_deep",
+                format!("the body nests deeper than {MAX_BODY_DEPTH} levels"),
+            )));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(JsonBody(map)),
+            Ok(_) => Err(ApiError::invalid(FieldError::new(
+                "body",
+                "invalid_type",
+                "the body must be a JSON object",
+            ))),
+            Err(e) => Err(ApiError::invalid(FieldError::new(
+                "body",
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            ))),
+        }
+    }
+}
+
+fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}

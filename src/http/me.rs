@@ -1,0 +1,81 @@
+//! The storefront resource `/session-context/{tenant}/me/context`: the caller's own session,
+//! named by its token, read (5) and partially updated (6).
+
+use axum::extract::State;
+use axum::response::Response;
+
+use super::auth::MePrincipal;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{IfMatch, JsonBody, Upsert, expected_version};
+use super::{AppState, change_response, session_response};
+use crate::domain::request;
+use crate::domain::session::SessionContext;
+use crate::service::Caller;
+use crate::store::SessionKey;
+
+/// Reads the caller's own session context.
+#[utoipa::path(
+    get,
+    path = "/session-context/{tenant}/me/context",
+    tag = "Own session management",
+    params(("tenant" = String, Path)),
+    responses(
+        (status = 200, description = "The session context", body = SessionContext,
+            headers(("ETag" = String, description = "The version in quotes"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_me(State(state): State<AppState>, me: MePrincipal) -> Result<Response, ApiError> {
+    let key = SessionKey::new(me.tenant, &me.session_id);
+    let caller = Caller::Me {
+        customer: me.customer_id,
+    };
+    let record = state
+        .sessions
+        .get(&key, &caller)
+        .await
+        .map_err(|e| ApiError::from(e).for_session(&me.session_id))?;
+    Ok(session_response(record))
+}
+
+/// Partially updates the caller's own session context, or creates it with `upsert=true`.
+#[utoipa::path(
+    patch,
+    path = "/session-context/{tenant}/me/context",
+    tag = "Own session management",
+    params(
+        ("tenant" = String, Path),
+        ("upsert" = Option<bool>, Query, description = "Create the session if it does not exist"),
+        ("If-Match" = Option<String>, Header, description = "The expected version in quotes; stands in for metadata.version"),
+    ),
+    request_body(content = super::openapi::PatchBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created"), (status = 204, description = "Updated"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn patch_me(
+    State(state): State<AppState>,
+    me: MePrincipal,
+    Upsert(upsert): Upsert,
+    IfMatch(if_match): IfMatch,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let id = me.session_id.clone();
+    let with_id = |e: ApiError| e.for_session(&id);
+    let req = request::read_patch(&body)
+        .map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
+    let expected = expected_version(if_match, req.version).map_err(with_id)?;
+    let key = SessionKey::new(me.tenant, &me.session_id);
+    let outcome = state
+        .sessions
+        .patch(&key, me.customer_id.as_deref(), &req, expected, upsert)
+        .await
+        .map_err(|e| with_id(e.into()))?;
+    Ok(change_response(outcome))
+}

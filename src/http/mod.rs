@@ -1,0 +1,130 @@
+//! The HTTP face of the service: the router, the shared [`AppState`], and the small helpers
+//! that turn use-case outcomes into responses. One handler file per resource; errors in
+//! `error`, principals in `auth`, other extractors in `extract`.
+
+pub mod attributes;
+pub mod auth;
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod me;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Verifier;
+use crate::service::{Outcome, Sessions};
+use crate::store::StoredSession;
+use error::{ApiError, ErrorKind};
+use metrics::Metrics;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub sessions: Sessions,
+    pub verifier: Arc<Verifier>,
+    pub metrics: Arc<Metrics>,
+    /// The OpenAPI document, rendered once when the router is built.
+    pub openapi: Arc<str>,
+}
+
+impl AppState {
+    pub fn new(sessions: Sessions, verifier: Arc<Verifier>, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            sessions,
+            verifier,
+            metrics,
+            openapi: Arc::from(""),
+        }
+    }
+}
+
+/// The routes and the OpenAPI document describing exactly them.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(
+            context::get_context,
+            context::put_context,
+            context::delete_context
+        ))
+        .routes(routes!(attributes::post_attribute))
+        .routes(routes!(attributes::delete_attribute))
+        .routes(routes!(me::get_me, me::patch_me))
+        .routes(routes!(attributes::post_me_attribute))
+        .routes(routes!(attributes::delete_me_attribute))
+        .routes(routes!(ops::live))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .split_for_parts()
+}
+
+/// The whole application, ready to serve. `max_body_bytes` bounds request bodies (413 past it).
+pub fn router(mut state: AppState, max_body_bytes: usize) -> Router {
+    let (routes, doc) = api();
+    state.openapi = Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    routes
+        .fallback(|| async { ApiError::from(ErrorKind::RouteNotFound) })
+        .method_not_allowed_fallback(|| async { ApiError::from(ErrorKind::MethodNotAllowed) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            ApiError::from(ErrorKind::Internal).into_response()
+        }))
+        .with_state(state)
+}
+
+/// `"<version>"`, the entity tag of a session at `version`.
+pub fn etag(version: u64) -> HeaderValue {
+    // Digits and quotes are always a valid header value.
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .expect("a quoted number is a valid header value")
+}
+
+/// 200 with a stored session's JSON and its ETag.
+pub fn session_response(record: StoredSession) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag(record.version)),
+        ],
+        record.doc,
+    )
+        .into_response()
+}
+
+/// 201 for a created session, 204 for a changed or unchanged one; the ETag when it changed.
+pub fn change_response(outcome: Outcome) -> Response {
+    match outcome {
+        Outcome::Created { version } => {
+            (StatusCode::CREATED, [(header::ETAG, etag(version))]).into_response()
+        }
+        Outcome::Updated { version } => {
+            (StatusCode::NO_CONTENT, [(header::ETAG, etag(version))]).into_response()
+        }
+        Outcome::Unchanged => no_content(),
+    }
+}
+
+/// 204 without headers.
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,20 @@
+//! session-context: a self-hostable service that speaks the Emporix Session-context API.
+//!
+//! - [`cli`] parses the command line (`serve`, `token`); [`config`] turns it into one typed
+//!   [`config::Settings`]; [`startup`] builds the state, binds and serves (used by `main` and tests).
+//! - [`domain`] holds the session context and every rule of the contract as pure functions.
+//! - [`service`] runs the use cases: load, apply a domain rule, write only if nobody else wrote.
+//! - [`store`] is the narrow storage trait and its backends (memory, SQLite), one file each.
+//! - [`auth`] verifies access tokens and saas-tokens; [`http`] is the router, the extractors
+//!   that turn tokens into principals, the handlers and the error body.
+//! - [`clock`] is the time source, injectable so expiry can be tested without sleeping.
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod service;
+pub mod startup;
+pub mod store;

@@ -1,0 +1,50 @@
+//! The `session-context` binary: parse the command line and hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use session_context::auth::mint::{TokenSpec, mint_hs256};
+use session_context::cli::{Cli, Command};
+use session_context::config::Settings;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => mint_hs256(
+            args.secret.as_bytes(),
+            &TokenSpec {
+                tenant: Some(args.tenant),
+                scope: args.scope,
+                session_id: args.session_id,
+                customer_id: args.customer_id,
+                subject: args.subject,
+                ttl: args.ttl,
+            },
+        )
+        .map(|token| println!("{token}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("session-context: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: session_context::cli::ServeArgs) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = Settings::from_args(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(session_context::startup::run(settings))
+}

@@ -1,0 +1,310 @@
+//! The use cases of the API, each a loop of: load the session, apply a rule from `domain/`,
+//! write the result only if nobody changed the session meanwhile, and try again if somebody
+//! did. The loop is what makes attribute changes atomic without a version from the client,
+//! and version-checked changes answer 409 instead of overwriting.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::clock::{Clock, Millis};
+use crate::domain::{FieldError, PatchRequest, PutRequest, SessionContext, rules};
+use crate::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+
+/// How many times a change is retried after losing a race before the caller is told to retry.
+const MAX_ATTEMPTS: usize = 1_000;
+
+/// What a client expects the stored version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// `metadata.version` in the body.
+    Body(u64),
+    /// An `If-Match: "<version>"` header.
+    IfMatch(u64),
+    /// `If-Match: *`: any existing version.
+    Any,
+}
+
+/// A `saas-token` as the HTTP layer found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaasToken {
+    Missing,
+    Invalid,
+    /// A valid token for this customer.
+    Customer(String),
+}
+
+/// Who is changing a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A management token: any session of its tenant.
+    Management,
+    /// A customer or anonymous token: its own session only; `customer` is `None` for anonymous.
+    Me { customer: Option<String> },
+}
+
+/// How a change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created { version: u64 },
+    Updated { version: u64 },
+    Unchanged,
+}
+
+/// Why a use case was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("session not found")]
+    NotFound,
+    #[error("version mismatch")]
+    VersionMismatch { current: u64, expected: Expected },
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
+    #[error("saas-token missing or invalid")]
+    SaasUnauthenticated,
+    #[error("saas-token is for another customer")]
+    SaasForbidden,
+    #[error("the session belongs to another customer")]
+    NotYourSession,
+    #[error("too many concurrent changes")]
+    Contention,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The next step a use case asks for after seeing the stored session.
+enum Step {
+    Write(SessionContext),
+    Keep,
+}
+
+/// The use cases, over any store.
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+    /// Lifetime of anonymous sessions in ms; `None` = never expire.
+    ttl: Option<Millis>,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, ttl: Option<Millis>) -> Self {
+        Sessions { store, clock, ttl }
+    }
+
+    /// The store behind the use cases (for health checks and sweeping).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// The current time as the use cases see it.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// A session as stored (its JSON and version), checked for the caller's access.
+    pub async fn get(
+        &self,
+        key: &SessionKey,
+        caller: &Caller,
+    ) -> Result<StoredSession, ServiceError> {
+        let record = self
+            .store
+            .load(key, self.now())
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        if let Caller::Me { customer } = caller {
+            let session = decode(&record)?;
+            if !rules::me_may_access(&session, customer.as_deref()) {
+                return Err(ServiceError::NotYourSession);
+            }
+        }
+        Ok(record)
+    }
+
+    /// `PUT /context/{sessionId}`.
+    pub async fn put(
+        &self,
+        key: &SessionKey,
+        req: &PutRequest,
+        expected: Expected,
+        upsert: bool,
+        saas: &SaasToken,
+    ) -> Result<Outcome, ServiceError> {
+        self.change(key, |current, now| {
+            match current {
+                Some(stored) => check_expected(stored, expected)?,
+                None if !upsert => return Err(ServiceError::NotFound),
+                None => {}
+            }
+            if let Some(customer) = rules::saas_customer(current, req) {
+                match saas {
+                    SaasToken::Customer(c) if c == customer => {}
+                    SaasToken::Customer(_) => return Err(ServiceError::SaasForbidden),
+                    SaasToken::Missing | SaasToken::Invalid => {
+                        return Err(ServiceError::SaasUnauthenticated);
+                    }
+                }
+            }
+            Ok(Step::Write(rules::apply_put(
+                current,
+                &key.session_id,
+                req,
+                now,
+            )))
+        })
+        .await
+    }
+
+    /// `PATCH /me/context`.
+    pub async fn patch(
+        &self,
+        key: &SessionKey,
+        customer: Option<&str>,
+        req: &PatchRequest,
+        expected: Expected,
+        upsert: bool,
+    ) -> Result<Outcome, ServiceError> {
+        self.change(key, |current, now| {
+            match current {
+                Some(stored) => {
+                    if !rules::me_may_access(stored, customer) {
+                        return Err(ServiceError::NotYourSession);
+                    }
+                    check_expected(stored, expected)?;
+                }
+                None if !upsert => return Err(ServiceError::NotFound),
+                None => {}
+            }
+            Ok(Step::Write(rules::apply_patch(
+                current,
+                &key.session_id,
+                customer,
+                req,
+                now,
+            )))
+        })
+        .await
+    }
+
+    /// Adds or overwrites one attribute.
+    pub async fn set_attribute(
+        &self,
+        key: &SessionKey,
+        caller: &Caller,
+        name: &str,
+        value: &Value,
+    ) -> Result<Outcome, ServiceError> {
+        self.change(key, |current, now| {
+            let stored = existing(current, caller)?;
+            Ok(Step::Write(rules::set_attribute(stored, name, value, now)))
+        })
+        .await
+    }
+
+    /// Removes one attribute; removing a missing one changes nothing.
+    pub async fn remove_attribute(
+        &self,
+        key: &SessionKey,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Outcome, ServiceError> {
+        self.change(key, |current, now| {
+            let stored = existing(current, caller)?;
+            Ok(rules::remove_attribute(stored, name, now).map_or(Step::Keep, Step::Write))
+        })
+        .await
+    }
+
+    /// Ends a session.
+    pub async fn delete(&self, key: &SessionKey) -> Result<(), ServiceError> {
+        if self.store.delete(key, self.now()).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound)
+        }
+    }
+
+    /// Removes expired sessions in batches of `batch`; returns how many went.
+    pub async fn sweep(&self, batch: usize) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let removed = self.store.sweep_expired(self.now(), batch).await?;
+            total += removed;
+            if removed < batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The optimistic loop shared by every change.
+    async fn change<F>(&self, key: &SessionKey, mut decide: F) -> Result<Outcome, ServiceError>
+    where
+        F: FnMut(Option<&SessionContext>, Millis) -> Result<Step, ServiceError>,
+    {
+        for attempt in 0..MAX_ATTEMPTS {
+            let now = self.now();
+            let record = self.store.load(key, now).await?;
+            let current = record.as_ref().map(decode).transpose()?;
+            let next = match decide(current.as_ref(), now)? {
+                Step::Keep => return Ok(Outcome::Unchanged),
+                Step::Write(next) => next,
+            };
+            let expect = record
+                .as_ref()
+                .map_or(Expect::Absent, |r| Expect::Version(r.version));
+            let version = next.metadata.version;
+            let stored = StoredSession {
+                version,
+                expires_at: next.expires_at(self.ttl),
+                doc: serde_json::to_string(&next)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            };
+            match self.store.write(key, expect, &stored, now).await {
+                Ok(()) if record.is_none() => return Ok(Outcome::Created { version }),
+                Ok(()) => return Ok(Outcome::Updated { version }),
+                Err(StoreError::Conflict) => {
+                    // Lost a race: back off a little, more the more often it happens.
+                    if attempt > 2 {
+                        tokio::time::sleep(std::time::Duration::from_micros(
+                            50 * attempt.min(40) as u64,
+                        ))
+                        .await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Contention)
+    }
+}
+
+fn decode(record: &StoredSession) -> Result<SessionContext, ServiceError> {
+    serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()).into())
+}
+
+fn existing<'a>(
+    current: Option<&'a SessionContext>,
+    caller: &Caller,
+) -> Result<&'a SessionContext, ServiceError> {
+    let stored = current.ok_or(ServiceError::NotFound)?;
+    match caller {
+        Caller::Me { customer } if !rules::me_may_access(stored, customer.as_deref()) => {
+            Err(ServiceError::NotYourSession)
+        }
+        _ => Ok(stored),
+    }
+}
+
+fn check_expected(stored: &SessionContext, expected: Expected) -> Result<(), ServiceError> {
+    let version = match expected {
+        Expected::Any => return Ok(()),
+        Expected::Body(v) | Expected::IfMatch(v) => v,
+    };
+    rules::check_version(stored, version).map_err(|m| ServiceError::VersionMismatch {
+        current: m.current,
+        expected,
+    })
+}

@@ -1,0 +1,181 @@
+//! Starting and stopping: build the state from [`Settings`], bind, serve until a shutdown
+//! signal, sweep expired sessions in the background. `main` and the tests share this code.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::Verifier;
+use crate::auth::mint::{TokenSpec, mint_hs256};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::http::metrics::Metrics;
+use crate::http::{self, AppState};
+use crate::service::Sessions;
+use crate::store;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// How many expired sessions one sweep statement removes.
+const SWEEP_BATCH: usize = 500;
+
+/// Opens the store and builds the shared state.
+pub async fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppState, String> {
+    let verifier = Verifier::new(&settings.auth)?;
+    let store = store::open(&settings.store)
+        .await
+        .map_err(|e| format!("cannot open the store {}: {e}", settings.store))?;
+    let ttl = settings
+        .anonymous_ttl
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let sessions = Sessions::new(store, clock, ttl);
+    Ok(AppState::new(
+        sessions,
+        Arc::new(verifier),
+        Arc::new(Metrics::default()),
+    ))
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets requests in flight finish
+/// (for at most a few seconds).
+pub async fn serve<F>(listener: TcpListener, app: Router, shutdown: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let graceful = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    tokio::select! {
+        result = server => result,
+        () = async {
+            let _ = stop_rx.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } => {
+            tracing::warn!("requests still in flight after the drain deadline; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Removes expired sessions every `interval` until `stop` turns true.
+pub fn spawn_sweeper(
+    state: AppState,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            match state.sessions.sweep(SWEEP_BATCH).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    state.metrics.record_swept(removed);
+                    tracing::info!(removed, "swept expired sessions");
+                }
+                Err(e) => tracing::warn!(error = %e, "sweeping expired sessions failed"),
+            }
+        }
+    })
+}
+
+/// Runs the service as `session-context serve` does, until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> Result<(), String> {
+    let state = build_state(&settings, Arc::new(SystemClock)).await?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%address, store = %settings.store, "session-context is listening");
+    if let Some(secret) = &settings.dev_secret {
+        print_dev_guide(secret, &address.to_string())?;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sweeper = spawn_sweeper(state.clone(), settings.sweep_interval, stop_rx);
+    let app = http::router(state, settings.max_body_bytes);
+    let served = serve(listener, app, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    tracing::info!("session-context stopped");
+    served.map_err(|e| format!("the server failed: {e}"))
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received; finishing requests in flight");
+}
+
+/// Prints demo tokens and a curl line for `serve --dev`.
+fn print_dev_guide(secret: &[u8], address: &str) -> Result<(), String> {
+    let tenant = "demo";
+    let session = format!("demo-{}", crate::clock::SystemClock.now());
+    let day = Duration::from_secs(24 * 3600);
+    let management = mint_hs256(
+        secret,
+        &TokenSpec {
+            tenant: Some(tenant.into()),
+            scope: Some("session_context.context_manage".into()),
+            ttl: day,
+            ..Default::default()
+        },
+    )?;
+    let anonymous = mint_hs256(
+        secret,
+        &TokenSpec {
+            tenant: Some(tenant.into()),
+            session_id: Some(session.clone()),
+            ttl: day,
+            ..Default::default()
+        },
+    )?;
+    let base = format!("http://{address}/session-context/{tenant}");
+    println!(
+        "\nsession-context is running in --dev mode (tokens valid for 24 hours).\n\n\
+         secret:            {secret}\n\
+         management token:  {management}\n\
+         anonymous token:   {anonymous}   (sessionId {session})\n\n\
+         Try it:\n\
+         curl -i -X PATCH '{base}/me/context?upsert=true' -H 'Authorization: Bearer {anonymous}' \\\n  \
+         -H 'Content-Type: application/json' -d '{{\"currency\":\"EUR\",\"metadata\":{{\"version\":1}}}}'\n\
+         curl -s '{base}/me/context' -H 'Authorization: Bearer {anonymous}'\n\
+         curl -s '{base}/context/{session}' -H 'Authorization: Bearer {management}'\n",
+        secret = String::from_utf8_lossy(secret),
+    );
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! `memory://`: a map behind a lock. Nothing survives a restart; for tests and demos.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use crate::clock::Millis;
+
+/// Sessions in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    records: Mutex<HashMap<SessionKey, StoredSession>>,
+}
+
+impl MemoryStore {
+    fn records(&self) -> MutexGuard<'_, HashMap<SessionKey, StoredSession>> {
+        // A panic while holding the lock cannot leave a half-written record (every change is
+        // one insert or remove), so a poisoned lock is still safe to use.
+        self.records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Millis,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        Ok(self.records().get(key).filter(|r| r.is_live(now)).cloned())
+    }
+
+    async fn write(
+        &self,
+        key: &SessionKey,
+        expect: Expect,
+        record: &StoredSession,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut records = self.records();
+        let current = records
+            .get(key)
+            .filter(|r| r.is_live(now))
+            .map(|r| r.version);
+        let holds = match expect {
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current == Some(v),
+        };
+        if !holds {
+            return Err(StoreError::Conflict);
+        }
+        records.insert(key.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
+        Ok(self.records().remove(key).is_some_and(|r| r.is_live(now)))
+    }
+
+    async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        let mut records = self.records();
+        let expired: Vec<SessionKey> = records
+            .iter()
+            .filter(|(_, r)| !r.is_live(now))
+            .map(|(k, _)| k.clone())
+            .take(limit)
+            .collect();
+        for key in &expired {
+            records.remove(key);
+        }
+        Ok(expired.len())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Where sessions are kept. [`SessionStore`] is deliberately narrow: load a record, write it
+//! only if the stored version is still the expected one (or the key is absent or expired),
+//! delete, sweep expired records, ping. Every backend makes the conditional write atomic in its
+//! own native way, so that all backends behave alike and no update is ever lost. The rules of
+//! the contract live in `domain/`, never here.
+
+mod memory;
+mod sqlite;
+mod url;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+pub use url::StoreUrl;
+
+use crate::clock::Millis;
+
+/// A session's identity: always the tenant *and* the session id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub tenant: String,
+    pub session_id: String,
+}
+
+impl SessionKey {
+    pub fn new(tenant: impl Into<String>, session_id: impl Into<String>) -> Self {
+        SessionKey {
+            tenant: tenant.into(),
+            session_id: session_id.into(),
+        }
+    }
+}
+
+/// One stored session: the serialized resource plus what a store needs to compare and expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Equal to `metadata.version` inside `doc`.
+    pub version: u64,
+    /// When the record stops existing (ms since the epoch); `None` = never.
+    pub expires_at: Option<Millis>,
+    /// The session context as JSON, exactly as served.
+    pub doc: String,
+}
+
+impl StoredSession {
+    /// Whether the record is still alive at `now`.
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// The condition a write is made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No live record exists (none at all, or only an expired one).
+    Absent,
+    /// A live record exists at exactly this version.
+    Version(u64),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write's condition did not hold: someone else wrote first.
+    #[error("the stored record did not match the expected state")]
+    Conflict,
+    /// The store cannot be reached or is too busy to answer now.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read back.
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// Any other failure of the backend.
+    #[error("the store failed: {0}")]
+    Backend(String),
+}
+
+/// The storage contract every backend fulfils.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// The live record under `key` at `now`; expired records are reported as missing.
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Millis,
+    ) -> Result<Option<StoredSession>, StoreError>;
+
+    /// Stores `record` under `key` if `expect` holds at `now`, atomically; else
+    /// [`StoreError::Conflict`] and nothing changes.
+    async fn write(
+        &self,
+        key: &SessionKey,
+        expect: Expect,
+        record: &StoredSession,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Removes the record under `key`; `true` when a live record was removed.
+    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError>;
+
+    /// Removes up to `limit` records expired at `now`; returns how many went.
+    async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError>;
+
+    /// Whether the store answers at all.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store a URL names.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, StoreError> {
+    match url {
+        StoreUrl::Memory => Ok(Arc::new(MemoryStore::default())),
+        StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+    }
+}
