@@ -1,5 +1,6 @@
 //! The `session-context` binary: parse the command line and hand over to the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -40,6 +41,7 @@ fn serve(args: session_context::cli::ServeArgs) -> Result<(), String> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let settings = Settings::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

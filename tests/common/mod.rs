@@ -1,0 +1,252 @@
+//! Shared test helpers: an in-process app on any backend with a manual clock, token minting,
+//! and a one-call request helper.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use session_context::auth::mint::{TokenSpec, mint_hs256};
+use session_context::auth::{AuthSettings, ClaimNames, KeySource, Verifier};
+use session_context::clock::ManualClock;
+use session_context::http::metrics::Metrics;
+use session_context::http::{self, AppState};
+use session_context::service::Sessions;
+use session_context::store::{MemoryStore, SessionStore, SqliteStore};
+use tower::ServiceExt;
+
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+pub const SAAS_SECRET: &[u8] = b"saas-secret-saas-secret-saas-secret!";
+pub const TENANT: &str = "shop";
+pub const MANAGE: &str = "session_context.context_manage";
+/// 2026-02-04T16:30:04.047Z
+pub const START: i64 = 1_770_222_604_047;
+pub const TTL: Duration = Duration::from_secs(3600);
+
+/// Which backend an app runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Memory,
+    Sqlite,
+}
+
+/// An in-process app with a clock the test moves.
+pub struct TestApp {
+    pub router: Router,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn SessionStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn open_store(backend: Backend) -> (Arc<dyn SessionStore>, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Memory => (Arc::new(MemoryStore::default()), None),
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let store = SqliteStore::open(&dir.path().join("sessions.db"))
+                .await
+                .expect("sqlite opens");
+            (Arc::new(store), Some(dir))
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn new(backend: Backend) -> Self {
+        Self::with_limit(backend, 65_536).await
+    }
+
+    pub async fn with_limit(backend: Backend, max_body_bytes: usize) -> Self {
+        let (store, dir) = open_store(backend).await;
+        let clock = Arc::new(ManualClock::new(START));
+        let sessions = Sessions::new(store.clone(), clock.clone(), Some(TTL.as_millis() as i64));
+        let verifier = Verifier::new(&AuthSettings {
+            access: KeySource::Secret(SECRET.to_vec()),
+            saas: Some(KeySource::Secret(SAAS_SECRET.to_vec())),
+            issuer: None,
+            audience: None,
+            claims: ClaimNames::default(),
+        })
+        .expect("test keys are valid");
+        let state = AppState::new(sessions, Arc::new(verifier), Arc::new(Metrics::default()));
+        TestApp {
+            router: http::router(state, max_body_bytes),
+            clock,
+            store,
+            _dir: dir,
+        }
+    }
+
+    /// Sends one request; `body` is sent as JSON when given.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => builder
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => builder.body(Body::empty()),
+        }
+        .expect("a valid request");
+        self.send(request).await
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// Creates session `id` with `body` (a PUT with upsert) and checks it was created.
+    pub async fn create(&self, id: &str, body: Value) {
+        let reply = self
+            .call(
+                Method::PUT,
+                &context_path(id, "?upsert=true"),
+                Some(&manager()),
+                Some(body),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    }
+
+    /// Reads session `id` through the management API.
+    pub async fn read(&self, id: &str) -> Reply {
+        self.call(Method::GET, &context_path(id, ""), Some(&manager()), None)
+            .await
+    }
+}
+
+/// A response, its body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Checks the contract's error body for `status`.
+    pub fn assert_error(&self, status: u16, kind: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text);
+        assert_eq!(self.json["code"], json!(status), "{}", self.text);
+        assert_eq!(self.json["status"], json!(status), "{}", self.text);
+        assert_eq!(self.json["type"], json!(kind), "{}", self.text);
+        assert!(self.json["message"].is_string(), "{}", self.text);
+        assert_eq!(self.header("content-type"), Some("application/json"));
+    }
+
+    pub fn version(&self) -> u64 {
+        self.json["metadata"]["version"]
+            .as_u64()
+            .expect("a version")
+    }
+}
+
+pub fn context_path(id: &str, suffix: &str) -> String {
+    format!("/session-context/{TENANT}/context/{id}{suffix}")
+}
+
+pub fn me_path(suffix: &str) -> String {
+    format!("/session-context/{TENANT}/me/context{suffix}")
+}
+
+pub fn sign(spec: TokenSpec) -> String {
+    mint_hs256(SECRET, &spec).expect("the test secret is long enough")
+}
+
+fn hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// A management token for the test tenant.
+pub fn manager() -> String {
+    sign(TokenSpec {
+        tenant: Some(TENANT.into()),
+        scope: Some(MANAGE.into()),
+        ttl: hour(),
+        ..Default::default()
+    })
+}
+
+/// An anonymous storefront token for session `id`.
+pub fn anonymous(id: &str) -> String {
+    sign(TokenSpec {
+        tenant: Some(TENANT.into()),
+        session_id: Some(id.into()),
+        ttl: hour(),
+        ..Default::default()
+    })
+}
+
+/// A customer storefront token for session `id`.
+pub fn customer(id: &str, customer: &str) -> String {
+    sign(TokenSpec {
+        tenant: Some(TENANT.into()),
+        session_id: Some(id.into()),
+        customer_id: Some(customer.into()),
+        ttl: hour(),
+        ..Default::default()
+    })
+}
+
+/// A saas-token for `customer`, signed with the saas secret.
+pub fn saas(customer: &str) -> String {
+    mint_hs256(
+        SAAS_SECRET,
+        &TokenSpec {
+            subject: Some(customer.into()),
+            ttl: hour(),
+            ..Default::default()
+        },
+    )
+    .expect("the saas secret is long enough")
+}
+
+/// Runs each listed async test fn against every backend.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::Memory).await } )*
+        }
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::Sqlite).await } )*
+        }
+    };
+}

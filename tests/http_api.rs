@@ -1,0 +1,1002 @@
+//! The HTTP suite: every row of the contract through the real router, in process, on every
+//! backend, with a manual clock for expiry.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::*;
+use serde_json::{Value, json};
+
+const SID: &str = "62528895-b561-4518-bfdc-2cbf52a07845";
+
+fn full_body(version: u64) -> Value {
+    json!({
+        "siteCode": "main", "currency": "EUR", "targetLocation": "DE", "language": "de",
+        "cartId": "61079711ce0eb90861357045",
+        "context": {"legalEntityId": "68cd05d71aeab17fc69f81b7", "geo": {"lat": 52.5}},
+        "metadata": {"version": version}
+    })
+}
+
+async fn get_returns_the_session_with_its_etag(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let reply = app.read(SID).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("etag"), Some("\"1\""));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        reply.json,
+        json!({
+            "sessionId": SID, "siteCode": "main", "currency": "EUR", "targetLocation": "DE",
+            "language": "de", "cartId": "61079711ce0eb90861357045",
+            "context": {"legalEntityId": "68cd05d71aeab17fc69f81b7", "geo": {"lat": 52.5}},
+            "metadata": {"version": 1, "createdAt": "2026-02-04T16:30:04.047Z", "modifiedAt": "2026-02-04T16:30:04.047Z"}
+        })
+    );
+}
+
+async fn get_of_a_missing_session_is_404_naming_it(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let reply = app.read("missing-1").await;
+    reply.assert_error(404, "resource_not_found");
+    assert_eq!(reply.json["sessionId"], json!("missing-1"));
+}
+
+async fn put_with_upsert_creates_at_version_one(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let reply = app
+        .call(
+            Method::PUT,
+            &context_path("new", "?upsert=true"),
+            Some(&manager()),
+            Some(json!({"metadata": {"version": 77}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.header("etag"), Some("\"1\""));
+    let read = app.read("new").await;
+    assert_eq!(
+        read.json,
+        json!({"sessionId": "new", "context": {}, "metadata": {
+        "version": 1, "createdAt": "2026-02-04T16:30:04.047Z", "modifiedAt": "2026-02-04T16:30:04.047Z"}})
+    );
+}
+
+async fn put_of_a_missing_session_without_upsert_is_404(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    for suffix in ["", "?upsert=false"] {
+        let reply = app
+            .call(
+                Method::PUT,
+                &context_path("nope", suffix),
+                Some(&manager()),
+                Some(full_body(1)),
+            )
+            .await;
+        reply.assert_error(404, "resource_not_found");
+    }
+    assert_eq!(app.read("nope").await.status, StatusCode::NOT_FOUND);
+}
+
+async fn put_with_the_current_version_updates_and_bumps_it(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    app.clock.advance(std::time::Duration::from_millis(1500));
+    let reply = app
+        .call(
+            Method::PUT,
+            &context_path(SID, ""),
+            Some(&manager()),
+            Some(json!({"currency": "USD", "metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    assert_eq!(reply.header("etag"), Some("\"2\""));
+    let read = app.read(SID).await;
+    assert_eq!(read.version(), 2);
+    assert_eq!(read.json["currency"], json!("USD"));
+    assert_eq!(
+        read.json["siteCode"],
+        json!("main"),
+        "absent fields stay as stored"
+    );
+    assert_eq!(
+        read.json["context"]["geo"],
+        json!({"lat": 52.5}),
+        "absent context stays"
+    );
+    assert_eq!(
+        read.json["metadata"]["createdAt"],
+        json!("2026-02-04T16:30:04.047Z")
+    );
+    assert_eq!(
+        read.json["metadata"]["modifiedAt"],
+        json!("2026-02-04T16:30:05.547Z")
+    );
+}
+
+async fn stale_version_is_rejected_with_409_and_changes_nothing(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let before = app.read(SID).await;
+    for stale in [0, 2, 99] {
+        let reply = app
+            .call(
+                Method::PUT,
+                &context_path(SID, ""),
+                Some(&manager()),
+                Some(json!({"currency": "USD", "metadata": {"version": stale}})),
+            )
+            .await;
+        reply.assert_error(409, "conflict");
+        assert_eq!(reply.json["currentVersion"], json!(1));
+        assert_eq!(reply.json["sessionId"], json!(SID));
+    }
+    assert_eq!(app.read(SID).await.json, before.json);
+}
+
+async fn put_without_a_version_is_400(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    for suffix in ["", "?upsert=true"] {
+        let reply = app
+            .call(
+                Method::PUT,
+                &context_path(SID, suffix),
+                Some(&manager()),
+                Some(json!({"currency": "EUR"})),
+            )
+            .await;
+        reply.assert_error(400, "validation_error");
+        assert_eq!(reply.json["details"][0]["field"], json!("metadata.version"));
+    }
+}
+
+async fn put_null_removes_fields_and_context_replaces_the_map(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let reply = app
+        .call(
+            Method::PUT,
+            &context_path(SID, ""),
+            Some(&manager()),
+            Some(json!({"cartId": null, "language": null, "context": {"only": "this"}, "metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let read = app.read(SID).await.json;
+    assert!(
+        read.get("cartId").is_none(),
+        "removed fields are left out, not null: {read}"
+    );
+    assert!(read.get("language").is_none());
+    assert_eq!(read["currency"], json!("EUR"));
+    assert_eq!(read["context"], json!({"only": "this"}));
+}
+
+async fn put_body_session_id_must_match_the_path(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let ok = app
+        .call(
+            Method::PUT,
+            &context_path(SID, ""),
+            Some(&manager()),
+            Some(json!({"sessionId": SID, "metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT);
+    let bad = app
+        .call(
+            Method::PUT,
+            &context_path(SID, ""),
+            Some(&manager()),
+            Some(json!({"sessionId": "other", "metadata": {"version": 2}})),
+        )
+        .await;
+    bad.assert_error(400, "validation_error");
+    assert_eq!(bad.json["details"][0]["field"], json!("sessionId"));
+}
+
+async fn put_ignores_timestamps_and_unknown_fields(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let reply = app
+        .call(
+            Method::PUT,
+            &context_path(SID, ""),
+            Some(&manager()),
+            Some(json!({"unknown": [1], "metadata": {"version": 1, "createdAt": "1999-01-01T00:00:00.000Z", "modifiedAt": "x"}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    let read = app.read(SID).await.json;
+    assert_eq!(
+        read["metadata"]["createdAt"],
+        json!("2026-02-04T16:30:04.047Z")
+    );
+    assert!(read.get("unknown").is_none());
+}
+
+async fn upsert_accepts_only_true_or_false(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    for bad in [
+        "?upsert=yes",
+        "?upsert=TRUE",
+        "?upsert=",
+        "?upsert=1",
+        "?upsert=true&upsert=false",
+    ] {
+        let reply = app
+            .call(
+                Method::PUT,
+                &context_path(SID, bad),
+                Some(&manager()),
+                Some(full_body(1)),
+            )
+            .await;
+        reply.assert_error(400, "validation_error");
+    }
+}
+
+async fn invalid_fields_are_named_in_details(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let body = json!({"currency": "eur", "targetLocation": "DEU", "language": "de_DE", "siteCode": "x".repeat(257),
+                      "context": {"": 1}, "metadata": {"version": 1}});
+    let reply = app
+        .call(
+            Method::PUT,
+            &context_path(SID, "?upsert=true"),
+            Some(&manager()),
+            Some(body),
+        )
+        .await;
+    reply.assert_error(400, "validation_error");
+    let fields: Vec<&str> = reply.json["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    for field in [
+        "currency",
+        "targetLocation",
+        "language",
+        "siteCode",
+        "context",
+    ] {
+        assert!(fields.contains(&field), "{field} missing from {fields:?}");
+    }
+    assert_eq!(
+        app.read(SID).await.status,
+        StatusCode::NOT_FOUND,
+        "nothing was stored"
+    );
+}
+
+async fn customer_sessions_need_the_customers_saas_token(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let put = |suffix: &'static str, saas_token: Option<String>, body: Value| {
+        let mut builder = Request::builder()
+            .method(Method::PUT)
+            .uri(context_path(SID, suffix))
+            .header("authorization", format!("Bearer {}", manager()))
+            .header("content-type", "application/json");
+        if let Some(token) = saas_token {
+            builder = builder.header("saas-token", token);
+        }
+        builder.body(Body::from(body.to_string())).unwrap()
+    };
+    let create = json!({"customerId": "C1", "metadata": {"version": 1}});
+    let missing = app.send(put("?upsert=true", None, create.clone())).await;
+    missing.assert_error(401, "unauthorized");
+    assert!(
+        missing
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    app.send(put("?upsert=true", Some("garbage".into()), create.clone()))
+        .await
+        .assert_error(401, "unauthorized");
+    app.send(put("?upsert=true", Some(saas("C2")), create.clone()))
+        .await
+        .assert_error(403, "forbidden");
+    // signed with the access-token secret instead of the saas secret
+    app.send(put("?upsert=true", Some(manager()), create.clone()))
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(
+        app.send(put("?upsert=true", Some(saas("C1")), create))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // the stored customer needs its token for any later change
+    let update = json!({"currency": "EUR", "metadata": {"version": 1}});
+    app.send(put("", None, update.clone()))
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(
+        app.send(put("", Some(saas("C1")), update)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    // changing the customer needs the new customer's token
+    let switch = json!({"customerId": "C2", "metadata": {"version": 2}});
+    app.send(put("", Some(saas("C1")), switch.clone()))
+        .await
+        .assert_error(403, "forbidden");
+    assert_eq!(
+        app.send(put("", Some(saas("C2")), switch)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    // removing the customer needs the stored customer's token
+    let logout = json!({"customerId": null, "metadata": {"version": 3}});
+    app.send(put("", Some(saas("C1")), logout.clone()))
+        .await
+        .assert_error(403, "forbidden");
+    assert_eq!(
+        app.send(put("", Some(saas("C2")), logout)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    // an anonymous session needs no saas-token
+    let anonymous = json!({"siteCode": "main", "metadata": {"version": 4}});
+    assert_eq!(
+        app.send(put("", None, anonymous)).await.status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+async fn if_match_stands_in_for_the_version(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let put = |if_match: &str, body: Value| {
+        Request::builder()
+            .method(Method::PUT)
+            .uri(context_path(SID, ""))
+            .header("authorization", format!("Bearer {}", manager()))
+            .header("content-type", "application/json")
+            .header("if-match", if_match)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let ok = app.send(put("\"1\"", json!({"currency": "CHF"}))).await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT, "{}", ok.text);
+    assert_eq!(ok.header("etag"), Some("\"2\""));
+    let stale = app.send(put("\"1\"", json!({"currency": "GBP"}))).await;
+    stale.assert_error(412, "precondition_failed");
+    assert_eq!(stale.json["currentVersion"], json!(2));
+    app.send(put("\"2\"", json!({"metadata": {"version": 1}})))
+        .await
+        .assert_error(400, "validation_error");
+    app.send(put("two", json!({})))
+        .await
+        .assert_error(400, "validation_error");
+    assert_eq!(
+        app.send(put("*", json!({"currency": "JPY"}))).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.read(SID).await.json["currency"], json!("JPY"));
+}
+
+async fn patch_me_with_upsert_creates_the_tokens_session(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let token = customer("s-cust", "C42");
+    let reply = app
+        .call(
+            Method::PATCH,
+            &me_path("?upsert=true"),
+            Some(&token),
+            Some(json!({"currency": "EUR", "metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.header("etag"), Some("\"1\""));
+    let me = app
+        .call(Method::GET, &me_path(""), Some(&token), None)
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.header("etag"), Some("\"1\""));
+    assert_eq!(me.json["sessionId"], json!("s-cust"));
+    assert_eq!(me.json["customerId"], json!("C42"));
+    assert_eq!(me.json["currency"], json!("EUR"));
+}
+
+async fn patch_me_applies_only_the_storefront_fields(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create("s1", full_body(1)).await;
+    let read = app
+        .call(Method::GET, &me_path(""), Some(&anonymous("s1")), None)
+        .await
+        .json;
+    let mut body = read.clone();
+    body["customerId"] = json!("C-evil");
+    body["cartId"] = json!("other-cart");
+    body["sessionId"] = json!("another-session");
+    body["currency"] = json!("USD");
+    body["unknownKey"] = json!(true);
+    let reply = app
+        .call(
+            Method::PATCH,
+            &me_path(""),
+            Some(&anonymous("s1")),
+            Some(body),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    let after = app.read("s1").await.json;
+    assert_eq!(after["currency"], json!("USD"));
+    assert!(after.get("customerId").is_none());
+    assert_eq!(after["cartId"], read["cartId"]);
+    assert_eq!(after["sessionId"], json!("s1"));
+    assert_eq!(after["metadata"]["version"], json!(2));
+}
+
+async fn patch_me_merges_context_key_by_key(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create("s1", full_body(1)).await;
+    let body = json!({"context": {"geo": null, "new": {"deep": [1]}}, "metadata": {"version": 1}});
+    let reply = app
+        .call(
+            Method::PATCH,
+            &me_path(""),
+            Some(&anonymous("s1")),
+            Some(body),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.read("s1").await.json["context"],
+        json!({"legalEntityId": "68cd05d71aeab17fc69f81b7", "new": {"deep": [1]}})
+    );
+}
+
+async fn patch_me_checks_versions_and_existence(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let token = anonymous("s1");
+    app.call(
+        Method::PATCH,
+        &me_path(""),
+        Some(&token),
+        Some(json!({"metadata": {"version": 1}})),
+    )
+    .await
+    .assert_error(404, "resource_not_found");
+    app.create("s1", full_body(1)).await;
+    let stale = app
+        .call(
+            Method::PATCH,
+            &me_path(""),
+            Some(&token),
+            Some(json!({"metadata": {"version": 5}})),
+        )
+        .await;
+    stale.assert_error(409, "conflict");
+    assert_eq!(stale.json["currentVersion"], json!(1));
+    assert_eq!(stale.json["sessionId"], json!("s1"));
+    app.call(
+        Method::PATCH,
+        &me_path(""),
+        Some(&token),
+        Some(json!({"currency": "USD"})),
+    )
+    .await
+    .assert_error(400, "validation_error");
+    app.call(
+        Method::PATCH,
+        &me_path(""),
+        Some(&token),
+        Some(json!({"currency": "usd", "metadata": {"version": 1}})),
+    )
+    .await
+    .assert_error(400, "validation_error");
+    assert_eq!(app.read("s1").await.version(), 1);
+}
+
+async fn a_customer_session_is_closed_to_other_storefront_tokens(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.call(
+        Method::PATCH,
+        &me_path("?upsert=true"),
+        Some(&customer("s1", "C1")),
+        Some(json!({"metadata": {"version": 1}})),
+    )
+    .await;
+    for token in [customer("s1", "C2"), anonymous("s1")] {
+        app.call(Method::GET, &me_path(""), Some(&token), None)
+            .await
+            .assert_error(403, "forbidden");
+        app.call(
+            Method::PATCH,
+            &me_path(""),
+            Some(&token),
+            Some(json!({"metadata": {"version": 1}})),
+        )
+        .await
+        .assert_error(403, "forbidden");
+        app.call(
+            Method::POST,
+            &me_path("/attributes"),
+            Some(&token),
+            Some(json!({"key": "k", "value": 1})),
+        )
+        .await
+        .assert_error(403, "forbidden");
+        app.call(
+            Method::DELETE,
+            &me_path("/attributes/k"),
+            Some(&token),
+            None,
+        )
+        .await
+        .assert_error(403, "forbidden");
+    }
+    assert_eq!(app.read("s1").await.version(), 1);
+}
+
+async fn management_attribute_post_sets_and_overwrites(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let path = context_path(SID, "/attributes");
+    let reply = app
+        .call(
+            Method::POST,
+            &path,
+            Some(&manager()),
+            Some(json!({"key": "colour", "value": "red"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(reply.header("etag"), Some("\"2\""));
+    let reply = app
+        .call(
+            Method::POST,
+            &path,
+            Some(&manager()),
+            Some(json!({"key": "colour", "value": {"r": 255}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let read = app.read(SID).await;
+    assert_eq!(read.json["context"]["colour"], json!({"r": 255}));
+    assert_eq!(read.version(), 3);
+}
+
+async fn me_attribute_post_answers_201_with_the_name(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create("s1", full_body(1)).await;
+    let reply = app
+        .call(
+            Method::POST,
+            &me_path("/attributes"),
+            Some(&anonymous("s1")),
+            Some(json!({"key": "wish list", "value": [1, 2]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.json, json!("wish list"));
+    assert_eq!(reply.header("etag"), Some("\"2\""));
+    assert_eq!(
+        app.read("s1").await.json["context"]["wish list"],
+        json!([1, 2])
+    );
+}
+
+async fn attribute_posts_need_a_key_and_a_value_and_a_session(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let path = context_path(SID, "/attributes");
+    app.call(
+        Method::POST,
+        &path,
+        Some(&manager()),
+        Some(json!({"key": "k", "value": 1})),
+    )
+    .await
+    .assert_error(404, "resource_not_found");
+    app.create(SID, full_body(1)).await;
+    for bad in [
+        json!({"key": "k", "value": null}),
+        json!({"key": "k"}),
+        json!({"value": 1}),
+        json!({"key": "a\u{0007}", "value": 1}),
+    ] {
+        app.call(Method::POST, &path, Some(&manager()), Some(bad))
+            .await
+            .assert_error(400, "validation_error");
+    }
+    assert_eq!(app.read(SID).await.version(), 1);
+}
+
+async fn attribute_delete_is_idempotent(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let path = context_path(SID, "/attributes/legalEntityId");
+    let first = app
+        .call(Method::DELETE, &path, Some(&manager()), None)
+        .await;
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    assert_eq!(first.header("etag"), Some("\"2\""));
+    let second = app
+        .call(Method::DELETE, &path, Some(&manager()), None)
+        .await;
+    assert_eq!(second.status, StatusCode::NO_CONTENT);
+    assert_eq!(second.header("etag"), None, "nothing changed");
+    let read = app.read(SID).await;
+    assert_eq!(read.version(), 2);
+    assert!(read.json["context"].get("legalEntityId").is_none());
+    app.call(
+        Method::DELETE,
+        &context_path("missing", "/attributes/x"),
+        Some(&manager()),
+        None,
+    )
+    .await
+    .assert_error(404, "resource_not_found");
+}
+
+async fn me_attribute_delete_removes_from_the_own_session(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create("s1", full_body(1)).await;
+    // percent-encoded names are decoded
+    let reply = app
+        .call(
+            Method::DELETE,
+            &me_path("/attributes/legal%45ntityId"),
+            Some(&anonymous("s1")),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(
+        app.read("s1").await.json["context"]
+            .get("legalEntityId")
+            .is_none()
+    );
+}
+
+async fn deleting_a_session_ends_it(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let reply = app
+        .call(
+            Method::DELETE,
+            &context_path(SID, ""),
+            Some(&manager()),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.read(SID).await.status, StatusCode::NOT_FOUND);
+    app.call(
+        Method::DELETE,
+        &context_path(SID, ""),
+        Some(&manager()),
+        None,
+    )
+    .await
+    .assert_error(404, "resource_not_found");
+}
+
+async fn anonymous_sessions_expire_after_their_last_change(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create("anon", json!({"metadata": {"version": 1}}))
+        .await;
+    app.clock.advance(TTL / 2);
+    let post = app
+        .call(
+            Method::POST,
+            &context_path("anon", "/attributes"),
+            Some(&manager()),
+            Some(json!({"key": "k", "value": 1})),
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::NO_CONTENT);
+    app.clock
+        .advance(TTL / 2 + std::time::Duration::from_millis(1));
+    assert_eq!(
+        app.read("anon").await.status,
+        StatusCode::OK,
+        "a change restarts the lifetime"
+    );
+    app.clock.advance(TTL / 2);
+    app.read("anon")
+        .await
+        .assert_error(404, "resource_not_found");
+    app.call(
+        Method::PUT,
+        &context_path("anon", ""),
+        Some(&manager()),
+        Some(json!({"metadata": {"version": 2}})),
+    )
+    .await
+    .assert_error(404, "resource_not_found");
+    app.create("anon", json!({"metadata": {"version": 2}}))
+        .await;
+    let fresh = app.read("anon").await;
+    assert_eq!(fresh.version(), 1, "an expired session is created anew");
+    assert_eq!(fresh.json["context"], json!({}));
+}
+
+async fn customer_sessions_do_not_expire_until_the_customer_is_removed(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let token = customer("s1", "C1");
+    app.call(
+        Method::PATCH,
+        &me_path("?upsert=true"),
+        Some(&token),
+        Some(json!({"metadata": {"version": 1}})),
+    )
+    .await;
+    app.clock.advance(TTL * 48);
+    let me = app
+        .call(Method::GET, &me_path(""), Some(&token), None)
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "customer sessions never expire");
+    let logout = Request::builder()
+        .method(Method::PUT)
+        .uri(context_path("s1", ""))
+        .header("authorization", format!("Bearer {}", manager()))
+        .header("content-type", "application/json")
+        .header("saas-token", saas("C1"))
+        .body(Body::from(
+            json!({"customerId": null, "metadata": {"version": 1}}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(app.send(logout).await.status, StatusCode::NO_CONTENT);
+    app.clock.advance(TTL + std::time::Duration::from_secs(1));
+    app.read("s1").await.assert_error(404, "resource_not_found");
+}
+
+async fn path_parameters_follow_the_input_rules(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let token = manager();
+    for path in [
+        "/session-context/shop/context/a%20b".to_string(),
+        format!("/session-context/shop/context/{}", "x".repeat(129)),
+        "/session-context/shop/context/%FF%FE".to_string(),
+        "/session-context/shop/context/a%2Fb".to_string(),
+        format!(
+            "/session-context/shop/context/s1/attributes/{}",
+            "k".repeat(257)
+        ),
+        "/session-context/shop/context/s1/attributes/%0A".to_string(),
+        "/session-context/shop/context/s1/attributes/%C3%28".to_string(),
+    ] {
+        let method = if path.contains("/attributes/") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let reply = app.call(method, &path, Some(&token), None).await;
+        reply.assert_error(400, "validation_error");
+    }
+    for tenant in ["ab", "Shop", "1shop", "shop-x", "abcdefghijklmnopq"] {
+        let reply = app
+            .call(
+                Method::GET,
+                &format!("/session-context/{tenant}/context/s1"),
+                Some(&token),
+                None,
+            )
+            .await;
+        reply.assert_error(400, "validation_error");
+        assert_eq!(reply.json["details"][0]["field"], json!("tenant"));
+    }
+}
+
+async fn bodies_must_be_json_objects_within_limits(backend: Backend) {
+    let app = TestApp::with_limit(backend, 1024).await;
+    app.create(SID, full_body(1)).await;
+    let raw = |content_type: Option<&str>, body: String| {
+        let mut builder = Request::builder()
+            .method(Method::PUT)
+            .uri(context_path(SID, ""))
+            .header("authorization", format!("Bearer {}", manager()));
+        if let Some(ct) = content_type {
+            builder = builder.header("content-type", ct);
+        }
+        builder.body(Body::from(body)).unwrap()
+    };
+    let json_ct = Some("application/json");
+    app.send(raw(json_ct, "{not json".into()))
+        .await
+        .assert_error(400, "validation_error");
+    app.send(raw(json_ct, "[1,2]".into()))
+        .await
+        .assert_error(400, "validation_error");
+    app.send(raw(json_ct, String::new()))
+        .await
+        .assert_error(400, "validation_error");
+    let deep = format!(
+        "{{\"context\":{{\"a\":{}{}}}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    app.send(raw(json_ct, deep))
+        .await
+        .assert_error(400, "validation_error");
+    let hostile = "[".repeat(200_000);
+    app.send(raw(json_ct, hostile))
+        .await
+        .assert_error(413, "payload_too_large");
+    let big =
+        json!({"context": {"blob": "x".repeat(2000)}, "metadata": {"version": 1}}).to_string();
+    app.send(raw(json_ct, big))
+        .await
+        .assert_error(413, "payload_too_large");
+    app.send(raw(Some("text/plain"), "{}".into()))
+        .await
+        .assert_error(415, "unsupported_media_type");
+    app.send(raw(None, "{}".into()))
+        .await
+        .assert_error(415, "unsupported_media_type");
+    let charset = app
+        .send(raw(
+            Some("application/json; charset=utf-8"),
+            json!({"metadata": {"version": 1}}).to_string(),
+        ))
+        .await;
+    assert_eq!(charset.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.read(SID).await.version(),
+        2,
+        "only the valid request changed the session"
+    );
+}
+
+async fn unknown_routes_and_methods_answer_with_the_error_body(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.call(Method::GET, "/nothing/here", None, None)
+        .await
+        .assert_error(404, "resource_not_found");
+    app.call(
+        Method::GET,
+        &context_path("s1", "/extra/parts"),
+        Some(&manager()),
+        None,
+    )
+    .await
+    .assert_error(404, "resource_not_found");
+    app.call(
+        Method::POST,
+        &context_path("s1", ""),
+        Some(&manager()),
+        None,
+    )
+    .await
+    .assert_error(405, "method_not_allowed");
+    app.call(Method::PUT, &me_path(""), Some(&manager()), None)
+        .await
+        .assert_error(405, "method_not_allowed");
+}
+
+async fn the_same_session_id_under_two_tenants_is_two_sessions(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let other_manager = sign(session_context::auth::mint::TokenSpec {
+        tenant: Some("other".into()),
+        scope: Some(MANAGE.into()),
+        ttl: std::time::Duration::from_secs(60),
+        ..Default::default()
+    });
+    let other = format!("/session-context/other/context/{SID}");
+    app.call(Method::GET, &other, Some(&other_manager), None)
+        .await
+        .assert_error(404, "resource_not_found");
+    app.call(Method::GET, &other, Some(&manager()), None)
+        .await
+        .assert_error(403, "forbidden");
+    let created = app
+        .call(
+            Method::PUT,
+            &format!("{other}?upsert=true"),
+            Some(&other_manager),
+            Some(json!({"currency": "PLN", "metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(app.read(SID).await.json["currency"], json!("EUR"));
+    assert_eq!(
+        app.call(Method::GET, &other, Some(&other_manager), None)
+            .await
+            .json["currency"],
+        json!("PLN")
+    );
+}
+
+async fn health_metrics_and_openapi_are_served_without_a_token(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let live = app.call(Method::GET, "/health/live", None, None).await;
+    assert_eq!(
+        (live.status, live.json.clone()),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let ready = app.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    app.read("counted").await;
+    let metrics = app.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics.text.contains(
+            r#"session_context_http_requests_total{method="GET",route="/session-context/{tenant}/context/{sessionId}",status="404"} 1"#
+        ),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("session_context_http_request_duration_seconds_bucket")
+    );
+    let doc = app
+        .call(Method::GET, "/session-context/openapi.json", None, None)
+        .await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.json["openapi"].as_str().unwrap().starts_with("3."));
+    let mut operations: Vec<String> = doc.json["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{m} {path}"))
+        })
+        .collect();
+    operations.sort();
+    let base = "/session-context/{tenant}";
+    let mut expected = vec![
+        format!("get {base}/context/{{sessionId}}"),
+        format!("put {base}/context/{{sessionId}}"),
+        format!("delete {base}/context/{{sessionId}}"),
+        format!("post {base}/context/{{sessionId}}/attributes"),
+        format!("delete {base}/context/{{sessionId}}/attributes/{{attributeName}}"),
+        format!("get {base}/me/context"),
+        format!("patch {base}/me/context"),
+        format!("post {base}/me/context/attributes"),
+        format!("delete {base}/me/context/attributes/{{attributeName}}"),
+        "get /health/live".to_string(),
+        "get /health/ready".to_string(),
+        "get /metrics".to_string(),
+        "get /session-context/openapi.json".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(operations, expected);
+}
+
+on_every_backend!(
+    get_returns_the_session_with_its_etag,
+    get_of_a_missing_session_is_404_naming_it,
+    put_with_upsert_creates_at_version_one,
+    put_of_a_missing_session_without_upsert_is_404,
+    put_with_the_current_version_updates_and_bumps_it,
+    stale_version_is_rejected_with_409_and_changes_nothing,
+    put_without_a_version_is_400,
+    put_null_removes_fields_and_context_replaces_the_map,
+    put_body_session_id_must_match_the_path,
+    put_ignores_timestamps_and_unknown_fields,
+    upsert_accepts_only_true_or_false,
+    invalid_fields_are_named_in_details,
+    customer_sessions_need_the_customers_saas_token,
+    if_match_stands_in_for_the_version,
+    patch_me_with_upsert_creates_the_tokens_session,
+    patch_me_applies_only_the_storefront_fields,
+    patch_me_merges_context_key_by_key,
+    patch_me_checks_versions_and_existence,
+    a_customer_session_is_closed_to_other_storefront_tokens,
+    management_attribute_post_sets_and_overwrites,
+    me_attribute_post_answers_201_with_the_name,
+    attribute_posts_need_a_key_and_a_value_and_a_session,
+    attribute_delete_is_idempotent,
+    me_attribute_delete_removes_from_the_own_session,
+    deleting_a_session_ends_it,
+    anonymous_sessions_expire_after_their_last_change,
+    customer_sessions_do_not_expire_until_the_customer_is_removed,
+    path_parameters_follow_the_input_rules,
+    bodies_must_be_json_objects_within_limits,
+    unknown_routes_and_methods_answer_with_the_error_body,
+    the_same_session_id_under_two_tenants_is_two_sessions,
+    health_metrics_and_openapi_are_served_without_a_token,
+);
