@@ -1,0 +1,248 @@
+//! The token matrix: every kind of bad or insufficient token, on every endpoint, answered
+//! with 401 (plus `WWW-Authenticate: Bearer`) or 403, and nothing stored changes.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use session_context::auth::mint::TokenSpec;
+use std::time::Duration;
+
+/// Every endpoint that needs a token, with a body that would succeed.
+fn endpoints() -> Vec<(Method, String, Option<Value>, bool)> {
+    let manage = |s: &str| context_path("s1", s);
+    let attr = json!({"key": "k", "value": 1});
+    let version = json!({"metadata": {"version": 1}});
+    vec![
+        (Method::GET, manage(""), None, true),
+        (Method::PUT, manage(""), Some(version.clone()), true),
+        (
+            Method::POST,
+            manage("/attributes"),
+            Some(attr.clone()),
+            true,
+        ),
+        (Method::DELETE, manage("/attributes/k"), None, true),
+        (Method::DELETE, manage(""), None, true),
+        (Method::GET, me_path(""), None, false),
+        (Method::PATCH, me_path(""), Some(version), false),
+        (Method::POST, me_path("/attributes"), Some(attr), false),
+        (Method::DELETE, me_path("/attributes/k"), None, false),
+    ]
+}
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+fn raw(claims: Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+async fn app_with_session() -> TestApp {
+    let app = TestApp::new(Backend::Memory).await;
+    app.create(
+        "s1",
+        json!({"context": {"k": 0}, "metadata": {"version": 1}}),
+    )
+    .await;
+    app
+}
+
+async fn assert_untouched(app: &TestApp) {
+    let read = app.read("s1").await;
+    assert_eq!(read.version(), 1);
+    assert_eq!(read.json["context"], json!({"k": 0}));
+}
+
+/// Tokens that must be refused with 401, whatever they claim.
+fn unauthenticated_tokens() -> Vec<(&'static str, Option<String>)> {
+    let good = json!({"exp": now() + 600, "tenant": TENANT, "scope": MANAGE, "sessionId": "s1"});
+    let mut expired = good.clone();
+    expired["exp"] = json!(now() - 5);
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let wrong_key = encode(
+        &Header::default(),
+        &good,
+        &EncodingKey::from_secret(&[1u8; 40]),
+    )
+    .unwrap();
+    let valid = raw(good.clone());
+    let parts: Vec<&str> = valid.split('.').collect();
+    let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
+    let tampered = {
+        use base64::Engine;
+        let mut claims = good.clone();
+        claims["tenant"] = json!("other");
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{}.{}.{}", parts[0], payload, parts[2])
+    };
+    let rsa = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/keys/rsa_private.pem"
+    ))
+    .unwrap();
+    let rs256 = encode(
+        &Header::new(Algorithm::RS256),
+        &good,
+        &EncodingKey::from_rsa_pem(&rsa).unwrap(),
+    )
+    .unwrap();
+    vec![
+        ("no token", None),
+        ("malformed", Some("not-a-jwt".into())),
+        ("wrong key", Some(wrong_key)),
+        ("alg none", Some(alg_none)),
+        ("expired", Some(raw(expired))),
+        ("no exp", Some(raw(no_exp))),
+        ("tampered payload", Some(tampered)),
+        ("another algorithm family", Some(rs256)),
+    ]
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401_with_a_bearer_challenge_on_every_endpoint() {
+    let app = app_with_session().await;
+    for (name, token) in unauthenticated_tokens() {
+        for (method, path, body, _) in endpoints() {
+            let reply = app
+                .call(method.clone(), &path, token.as_deref(), body)
+                .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{name}: {method} {path}: {}",
+                reply.text
+            );
+            reply.assert_error(401, "unauthorized");
+            assert_eq!(reply.header("www-authenticate"), Some("Bearer"), "{name}");
+            assert!(
+                !reply.text.contains("InvalidSignature")
+                    && !reply.text.contains("ExpiredSignature")
+            );
+        }
+    }
+    assert_untouched(&app).await;
+}
+
+#[tokio::test]
+async fn a_basic_or_empty_authorization_header_is_401() {
+    let app = app_with_session().await;
+    for header in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "token abc"] {
+        let request = axum::http::Request::builder()
+            .uri(context_path("s1", ""))
+            .header("authorization", header)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.send(request).await.assert_error(401, "unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn tokens_for_another_tenant_are_403_on_every_endpoint() {
+    let app = app_with_session().await;
+    let other = sign(TokenSpec {
+        tenant: Some("other".into()),
+        scope: Some(MANAGE.into()),
+        session_id: Some("s1".into()),
+        ttl: Duration::from_secs(600),
+        ..Default::default()
+    });
+    for (method, path, body, _) in endpoints() {
+        app.call(method, &path, Some(&other), body)
+            .await
+            .assert_error(403, "forbidden");
+    }
+    assert_untouched(&app).await;
+}
+
+#[tokio::test]
+async fn storefront_tokens_are_403_on_management_endpoints() {
+    let app = app_with_session().await;
+    for token in [anonymous("s1"), customer("s1", "C1")] {
+        for (method, path, body, management) in endpoints() {
+            if management {
+                app.call(method, &path, Some(&token), body)
+                    .await
+                    .assert_error(403, "forbidden");
+            }
+        }
+    }
+    let no_scope = sign(TokenSpec {
+        tenant: Some(TENANT.into()),
+        scope: Some("cart.cart_manage".into()),
+        ttl: Duration::from_secs(600),
+        ..Default::default()
+    });
+    app.call(Method::GET, &context_path("s1", ""), Some(&no_scope), None)
+        .await
+        .assert_error(403, "forbidden");
+    assert_untouched(&app).await;
+}
+
+#[tokio::test]
+async fn tokens_without_a_session_claim_are_403_on_me_endpoints() {
+    let app = app_with_session().await;
+    let bad_session = sign(TokenSpec {
+        tenant: Some(TENANT.into()),
+        session_id: Some("has space".into()),
+        ttl: Duration::from_secs(600),
+        ..Default::default()
+    });
+    for token in [manager(), bad_session] {
+        for (method, path, body, management) in endpoints() {
+            if !management {
+                app.call(method, &path, Some(&token), body)
+                    .await
+                    .assert_error(403, "forbidden");
+            }
+        }
+    }
+    assert_untouched(&app).await;
+}
+
+#[tokio::test]
+async fn emporix_style_tenant_scope_and_scope_spelling_are_accepted() {
+    let app = app_with_session().await;
+    let emporix = raw(
+        json!({"exp": now() + 600, "scope": format!("tenant={TENANT} sessioncontext.context_manage")}),
+    );
+    let reply = app
+        .call(Method::GET, &context_path("s1", ""), Some(&emporix), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn claim_names_are_configurable() {
+    use session_context::auth::{AuthSettings, ClaimNames, KeySource, Verifier};
+    let verifier = Verifier::new(&AuthSettings {
+        access: KeySource::Secret(SECRET.to_vec()),
+        saas: None,
+        issuer: None,
+        audience: None,
+        claims: ClaimNames {
+            tenant: "org".into(),
+            scope: "perms".into(),
+            session_id: "sid".into(),
+            customer_id: "uid".into(),
+        },
+    })
+    .unwrap();
+    let claims = verifier
+        .verify_access(&raw(
+            json!({"exp": now() + 60, "org": "shop", "perms": MANAGE, "sid": "s9", "uid": "C3"}),
+        ))
+        .unwrap();
+    assert!(claims.is_for_tenant("shop") && claims.may_manage());
+    assert_eq!(claims.session_id.as_deref(), Some("s9"));
+    assert_eq!(claims.customer_id.as_deref(), Some("C3"));
+}
