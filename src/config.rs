@@ -106,7 +106,7 @@ mod tests {
             .map_err(|e| e.to_string())?
             .command
         {
-            Command::Serve(a) => Settings::from_args(a),
+            Command::Serve(a) => Settings::from_args(*a),
             Command::Token(_) => unreachable!("parsed serve"),
         }
     }

@@ -72,12 +72,6 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-/// The next step a use case asks for after seeing the stored session.
-enum Step {
-    Write(SessionContext),
-    Keep,
-}
-
 /// The use cases, over any store.
 #[derive(Clone)]
 pub struct Sessions {
@@ -146,7 +140,7 @@ impl Sessions {
                     }
                 }
             }
-            Ok(Step::Write(rules::apply_put(
+            Ok(Some(rules::apply_put(
                 current,
                 &key.session_id,
                 req,
@@ -176,7 +170,7 @@ impl Sessions {
                 None if !upsert => return Err(ServiceError::NotFound),
                 None => {}
             }
-            Ok(Step::Write(rules::apply_patch(
+            Ok(Some(rules::apply_patch(
                 current,
                 &key.session_id,
                 customer,
@@ -197,7 +191,7 @@ impl Sessions {
     ) -> Result<Outcome, ServiceError> {
         self.change(key, |current, now| {
             let stored = existing(current, caller)?;
-            Ok(Step::Write(rules::set_attribute(stored, name, value, now)))
+            Ok(Some(rules::set_attribute(stored, name, value, now)))
         })
         .await
     }
@@ -211,7 +205,7 @@ impl Sessions {
     ) -> Result<Outcome, ServiceError> {
         self.change(key, |current, now| {
             let stored = existing(current, caller)?;
-            Ok(rules::remove_attribute(stored, name, now).map_or(Step::Keep, Step::Write))
+            Ok(rules::remove_attribute(stored, name, now))
         })
         .await
     }
@@ -237,18 +231,18 @@ impl Sessions {
         }
     }
 
-    /// The optimistic loop shared by every change.
+    /// The optimistic loop shared by every change. `decide` sees the stored session (if any)
+    /// and returns the next one, or `None` when nothing is to change.
     async fn change<F>(&self, key: &SessionKey, mut decide: F) -> Result<Outcome, ServiceError>
     where
-        F: FnMut(Option<&SessionContext>, Millis) -> Result<Step, ServiceError>,
+        F: FnMut(Option<&SessionContext>, Millis) -> Result<Option<SessionContext>, ServiceError>,
     {
         for attempt in 0..MAX_ATTEMPTS {
             let now = self.now();
             let record = self.store.load(key, now).await?;
             let current = record.as_ref().map(decode).transpose()?;
-            let next = match decide(current.as_ref(), now)? {
-                Step::Keep => return Ok(Outcome::Unchanged),
-                Step::Write(next) => next,
+            let Some(next) = decide(current.as_ref(), now)? else {
+                return Ok(Outcome::Unchanged);
             };
             let expect = record
                 .as_ref()

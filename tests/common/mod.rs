@@ -37,6 +37,7 @@ pub enum Backend {
 /// An in-process app with a clock the test moves.
 pub struct TestApp {
     pub router: Router,
+    pub state: AppState,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn SessionStore>,
     _dir: Option<tempfile::TempDir>,
@@ -74,7 +75,8 @@ impl TestApp {
         .expect("test keys are valid");
         let state = AppState::new(sessions, Arc::new(verifier), Arc::new(Metrics::default()));
         TestApp {
-            router: http::router(state, max_body_bytes),
+            router: http::router(state.clone(), max_body_bytes),
+            state,
             clock,
             store,
             _dir: dir,
