@@ -140,12 +140,7 @@ impl Sessions {
                     }
                 }
             }
-            Ok(Some(rules::apply_put(
-                current,
-                &key.session_id,
-                req,
-                now,
-            )))
+            Ok(Some(rules::apply_put(current, &key.session_id, req, now)))
         })
         .await
     }

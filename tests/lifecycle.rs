@@ -14,9 +14,15 @@ use tokio::sync::watch;
 
 async fn the_sweep_removes_expired_sessions_and_stops_when_told(backend: Backend) {
     let app = TestApp::new(backend).await;
-    app.create("anon", json!({"metadata": {"version": 1}})).await;
-    app.call(Method::PATCH, &me_path("?upsert=true"), Some(&customer("cust", "C1")), Some(json!({"metadata": {"version": 1}})))
+    app.create("anon", json!({"metadata": {"version": 1}}))
         .await;
+    app.call(
+        Method::PATCH,
+        &me_path("?upsert=true"),
+        Some(&customer("cust", "C1")),
+        Some(json!({"metadata": {"version": 1}})),
+    )
+    .await;
     app.clock.advance(TTL + Duration::from_secs(1));
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = spawn_sweeper(app.state.clone(), Duration::from_millis(10), stop_rx);
@@ -24,18 +30,31 @@ async fn the_sweep_removes_expired_sessions_and_stops_when_told(backend: Backend
     let anon = SessionKey::new(TENANT, "anon");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while app.store.load(&anon, START).await.unwrap().is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "the sweep never removed the expired session");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep never removed the expired session"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let customer_key = SessionKey::new(TENANT, "cust");
-    assert!(app.store.load(&customer_key, START).await.unwrap().is_some(), "customer sessions are kept");
+    assert!(
+        app.store
+            .load(&customer_key, START)
+            .await
+            .unwrap()
+            .is_some(),
+        "customer sessions are kept"
+    );
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(2), sweeper)
         .await
         .expect("the sweep stops when told")
         .unwrap();
     let metrics = app.call(Method::GET, "/metrics", None, None).await.text;
-    assert!(metrics.contains("session_context_expired_sessions_swept_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("session_context_expired_sessions_swept_total 1"),
+        "{metrics}"
+    );
 }
 
 on_every_backend!(the_sweep_removes_expired_sessions_and_stops_when_told);
