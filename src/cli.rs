@@ -71,11 +71,7 @@ pub struct ServeArgs {
     pub saas_token_secret: Option<String>,
 
     /// PEM public key file for saas-tokens (default: the access-token key).
-    #[arg(
-        long,
-        env = "SESSION_CONTEXT_SAAS_TOKEN_PUBLIC_KEY",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "SESSION_CONTEXT_SAAS_TOKEN_PUBLIC_KEY", value_name = "FILE")]
     pub saas_token_public_key: Option<PathBuf>,
 
     /// Claim that names the token's tenant.
@@ -87,19 +83,11 @@ pub struct ServeArgs {
     pub claim_scope: String,
 
     /// Claim that names the session of customer and anonymous tokens.
-    #[arg(
-        long,
-        env = "SESSION_CONTEXT_CLAIM_SESSION_ID",
-        default_value = "sessionId"
-    )]
+    #[arg(long, env = "SESSION_CONTEXT_CLAIM_SESSION_ID", default_value = "sessionId")]
     pub claim_session_id: String,
 
     /// Claim that names the customer of customer tokens (else `sub`).
-    #[arg(
-        long,
-        env = "SESSION_CONTEXT_CLAIM_CUSTOMER_ID",
-        default_value = "customerId"
-    )]
+    #[arg(long, env = "SESSION_CONTEXT_CLAIM_CUSTOMER_ID", default_value = "customerId")]
     pub claim_customer_id: String,
 
     /// Lifetime of anonymous sessions after their last change: 2s, 30m, 1h, ... (0 = never).
@@ -156,8 +144,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 2s, 30m or 1h: {e}"))
+    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration like 2s, 30m or 1h: {e}"))
 }
 
 #[cfg(test)]
@@ -182,14 +169,7 @@ mod tests {
 
     #[test]
     fn key_flags_exclude_each_other() {
-        let parsed = Cli::try_parse_from([
-            "session-context",
-            "serve",
-            "--jwt-secret",
-            "x",
-            "--jwks",
-            "k.json",
-        ]);
+        let parsed = Cli::try_parse_from(["session-context", "serve", "--jwt-secret", "x", "--jwks", "k.json"]);
         assert!(parsed.is_err());
     }
 }

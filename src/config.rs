@@ -42,9 +42,7 @@ impl Settings {
         let dev_secret = match (&access, args.dev) {
             (KeySource::Secret(secret), true) => Some(secret.clone()),
             (_, true) => {
-                return Err(
-                    "--dev prints HS256 tokens, so it needs --jwt-secret or no key at all".into(),
-                );
+                return Err("--dev prints HS256 tokens, so it needs --jwt-secret or no key at all".into());
             }
             (_, false) => None,
         };
@@ -102,10 +100,7 @@ mod tests {
     fn settings(args: &[&str]) -> Result<Settings, String> {
         let mut argv = vec!["session-context", "serve"];
         argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
-            .command
-        {
+        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
             Command::Serve(a) => Settings::from_args(*a),
             Command::Token(_) => unreachable!("parsed serve"),
         }

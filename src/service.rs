@@ -97,16 +97,8 @@ impl Sessions {
     }
 
     /// A session as stored (its JSON and version), checked for the caller's access.
-    pub async fn get(
-        &self,
-        key: &SessionKey,
-        caller: &Caller,
-    ) -> Result<StoredSession, ServiceError> {
-        let record = self
-            .store
-            .load(key, self.now())
-            .await?
-            .ok_or(ServiceError::NotFound)?;
+    pub async fn get(&self, key: &SessionKey, caller: &Caller) -> Result<StoredSession, ServiceError> {
+        let record = self.store.load(key, self.now()).await?.ok_or(ServiceError::NotFound)?;
         if let Caller::Me { customer } = caller {
             let session = decode(&record)?;
             if !rules::me_may_access(&session, customer.as_deref()) {
@@ -165,13 +157,7 @@ impl Sessions {
                 None if !upsert => return Err(ServiceError::NotFound),
                 None => {}
             }
-            Ok(Some(rules::apply_patch(
-                current,
-                &key.session_id,
-                customer,
-                req,
-                now,
-            )))
+            Ok(Some(rules::apply_patch(current, &key.session_id, customer, req, now)))
         })
         .await
     }
@@ -239,15 +225,12 @@ impl Sessions {
             let Some(next) = decide(current.as_ref(), now)? else {
                 return Ok(Outcome::Unchanged);
             };
-            let expect = record
-                .as_ref()
-                .map_or(Expect::Absent, |r| Expect::Version(r.version));
+            let expect = record.as_ref().map_or(Expect::Absent, |r| Expect::Version(r.version));
             let version = next.metadata.version;
             let stored = StoredSession {
                 version,
                 expires_at: next.expires_at(self.ttl),
-                doc: serde_json::to_string(&next)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                doc: serde_json::to_string(&next).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             };
             match self.store.write(key, expect, &stored, now).await {
                 Ok(()) if record.is_none() => return Ok(Outcome::Created { version }),
@@ -255,10 +238,7 @@ impl Sessions {
                 Err(StoreError::Conflict) => {
                     // Lost a race: back off a little, more the more often it happens.
                     if attempt > 2 {
-                        tokio::time::sleep(std::time::Duration::from_micros(
-                            50 * attempt.min(40) as u64,
-                        ))
-                        .await;
+                        tokio::time::sleep(std::time::Duration::from_micros(50 * attempt.min(40) as u64)).await;
                     } else {
                         tokio::task::yield_now().await;
                     }
@@ -274,10 +254,7 @@ fn decode(record: &StoredSession) -> Result<SessionContext, ServiceError> {
     serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()).into())
 }
 
-fn existing<'a>(
-    current: Option<&'a SessionContext>,
-    caller: &Caller,
-) -> Result<&'a SessionContext, ServiceError> {
+fn existing<'a>(current: Option<&'a SessionContext>, caller: &Caller) -> Result<&'a SessionContext, ServiceError> {
     let stored = current.ok_or(ServiceError::NotFound)?;
     match caller {
         Caller::Me { customer } if !rules::me_may_access(stored, customer.as_deref()) => {

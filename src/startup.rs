@@ -72,11 +72,7 @@ where
 }
 
 /// Removes expired sessions every `interval` until `stop` turns true.
-pub fn spawn_sweeper(
-    state: AppState,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+pub fn spawn_sweeper(state: AppState, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -18,12 +18,7 @@ fn endpoints() -> Vec<(Method, String, Option<Value>, bool)> {
     vec![
         (Method::GET, manage(""), None, true),
         (Method::PUT, manage(""), Some(version.clone()), true),
-        (
-            Method::POST,
-            manage("/attributes"),
-            Some(attr.clone()),
-            true,
-        ),
+        (Method::POST, manage("/attributes"), Some(attr.clone()), true),
         (Method::DELETE, manage("/attributes/k"), None, true),
         (Method::DELETE, manage(""), None, true),
         (Method::GET, me_path(""), None, false),
@@ -38,21 +33,13 @@ fn now() -> i64 {
 }
 
 fn raw(claims: Value) -> String {
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-    .unwrap()
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
 }
 
 async fn app_with_session() -> TestApp {
     let app = TestApp::new(Backend::Memory).await;
-    app.create(
-        "s1",
-        json!({"context": {"k": 0}, "metadata": {"version": 1}}),
-    )
-    .await;
+    app.create("s1", json!({"context": {"k": 0}, "metadata": {"version": 1}}))
+        .await;
     app
 }
 
@@ -69,12 +56,7 @@ fn unauthenticated_tokens() -> Vec<(&'static str, Option<String>)> {
     expired["exp"] = json!(now() - 5);
     let mut no_exp = good.clone();
     no_exp.as_object_mut().unwrap().remove("exp");
-    let wrong_key = encode(
-        &Header::default(),
-        &good,
-        &EncodingKey::from_secret(&[1u8; 40]),
-    )
-    .unwrap();
+    let wrong_key = encode(&Header::default(), &good, &EncodingKey::from_secret(&[1u8; 40])).unwrap();
     let valid = raw(good.clone());
     let parts: Vec<&str> = valid.split('.').collect();
     let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
@@ -85,11 +67,7 @@ fn unauthenticated_tokens() -> Vec<(&'static str, Option<String>)> {
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
         format!("{}.{}.{}", parts[0], payload, parts[2])
     };
-    let rsa = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/keys/rsa_private.pem"
-    ))
-    .unwrap();
+    let rsa = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rsa_private.pem")).unwrap();
     let rs256 = encode(
         &Header::new(Algorithm::RS256),
         &good,
@@ -113,9 +91,7 @@ async fn bad_tokens_are_401_with_a_bearer_challenge_on_every_endpoint() {
     let app = app_with_session().await;
     for (name, token) in unauthenticated_tokens() {
         for (method, path, body, _) in endpoints() {
-            let reply = app
-                .call(method.clone(), &path, token.as_deref(), body)
-                .await;
+            let reply = app.call(method.clone(), &path, token.as_deref(), body).await;
             assert_eq!(
                 reply.status,
                 StatusCode::UNAUTHORIZED,
@@ -124,10 +100,7 @@ async fn bad_tokens_are_401_with_a_bearer_challenge_on_every_endpoint() {
             );
             reply.assert_error(401, "unauthorized");
             assert_eq!(reply.header("www-authenticate"), Some("Bearer"), "{name}");
-            assert!(
-                !reply.text.contains("InvalidSignature")
-                    && !reply.text.contains("ExpiredSignature")
-            );
+            assert!(!reply.text.contains("InvalidSignature") && !reply.text.contains("ExpiredSignature"));
         }
     }
     assert_untouched(&app).await;
@@ -212,9 +185,7 @@ async fn tokens_without_a_session_claim_are_403_on_me_endpoints() {
 #[tokio::test]
 async fn emporix_style_tenant_scope_and_scope_spelling_are_accepted() {
     let app = app_with_session().await;
-    let emporix = raw(
-        json!({"exp": now() + 600, "scope": format!("tenant={TENANT} sessioncontext.context_manage")}),
-    );
+    let emporix = raw(json!({"exp": now() + 600, "scope": format!("tenant={TENANT} sessioncontext.context_manage")}));
     let reply = app
         .call(Method::GET, &context_path("s1", ""), Some(&emporix), None)
         .await;

@@ -24,10 +24,7 @@ struct Server {
 impl Server {
     fn start(args: &[&str]) -> Server {
         let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args);
+        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
         for (name, _) in std::env::vars() {
             if name.starts_with("SESSION_CONTEXT_") {
                 command.env_remove(name);
@@ -80,10 +77,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit within {within:?}"
-            );
+            assert!(Instant::now() < deadline, "the server did not exit within {within:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -102,11 +96,7 @@ fn token(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
@@ -140,8 +130,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (client, base, manager, stop) =
-                (client.clone(), base.clone(), manager.clone(), stop.clone());
+            let (client, base, manager, stop) = (client.clone(), base.clone(), manager.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for n in 0.. {
@@ -162,9 +151,7 @@ async fn acknowledged_writes_survive_kill_9() {
                         .send()
                         .await;
                     match (put, attr) {
-                        (Ok(p), Ok(a)) if p.status() == 201 && a.status() == 204 => {
-                            acknowledged.push(id)
-                        }
+                        (Ok(p), Ok(a)) if p.status() == 201 && a.status() == 204 => acknowledged.push(id),
                         (Ok(p), _) if p.status() == 201 => {
                             acknowledged.push(format!("session-only:{id}"));
                             break;
@@ -226,9 +213,7 @@ async fn sigterm_stops_the_server_cleanly() {
     let args = sqlite_args(dir.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut server = Server::start(&args);
-    let live = reqwest::get(format!("{}/health/live", server.base))
-        .await
-        .unwrap();
+    let live = reqwest::get(format!("{}/health/live", server.base)).await.unwrap();
     assert_eq!(live.status(), 200);
     server.signal("TERM");
     let status = server.wait_exit(Duration::from_secs(8));
@@ -243,10 +228,7 @@ fn serve_without_a_key_exits_with_a_message_naming_the_flags() {
             command.env_remove(name);
         }
     }
-    let output = command
-        .args(["serve", "--store", "memory://"])
-        .output()
-        .unwrap();
+    let output = command.args(["serve", "--store", "memory://"]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     for flag in ["--jwt-secret", "--jwt-public-key", "--jwks", "--dev"] {
@@ -256,10 +238,7 @@ fn serve_without_a_key_exits_with_a_message_naming_the_flags() {
 
 #[test]
 fn help_explains_every_flag() {
-    let output = Command::new(BIN)
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
+    let output = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     for flag in [
         "--listen",
@@ -285,10 +264,7 @@ async fn dev_mode_prints_tokens_that_work() {
     let server = Server::start(&["--dev", "--store", "memory://"]);
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !lines
-        .iter()
-        .any(|l: &String| l.starts_with("anonymous token:"))
-    {
+    while !lines.iter().any(|l: &String| l.starts_with("anonymous token:")) {
         assert!(Instant::now() < deadline, "no tokens printed: {lines:?}");
         if let Ok(line) = server.stdout.recv_timeout(Duration::from_millis(100)) {
             lines.push(line);

@@ -23,12 +23,7 @@ async fn increment_with_put(app: &TestApp, id: &str) -> u64 {
         context["counter"] = json!(counter + 1);
         let body = json!({"context": context, "metadata": {"version": read.version()}});
         let reply = app
-            .call(
-                Method::PUT,
-                &context_path(id, ""),
-                Some(&manager()),
-                Some(body),
-            )
+            .call(Method::PUT, &context_path(id, ""), Some(&manager()), Some(body))
             .await;
         match reply.status {
             StatusCode::NO_CONTENT => return conflicts,
@@ -43,11 +38,8 @@ async fn increment_with_put(app: &TestApp, id: &str) -> u64 {
 
 async fn concurrent_read_modify_write_loses_no_update(backend: Backend) {
     let app = Arc::new(TestApp::new(backend).await);
-    app.create(
-        "hot",
-        json!({"context": {"counter": 0}, "metadata": {"version": 1}}),
-    )
-    .await;
+    app.create("hot", json!({"context": {"counter": 0}, "metadata": {"version": 1}}))
+        .await;
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let app = app.clone();
@@ -109,11 +101,8 @@ async fn concurrent_attribute_posts_all_survive(backend: Backend) {
 
 async fn versioned_patches_and_attribute_changes_interleave_without_loss(backend: Backend) {
     let app = Arc::new(TestApp::new(backend).await);
-    app.create(
-        "hot",
-        json!({"context": {"counter": 0}, "metadata": {"version": 1}}),
-    )
-    .await;
+    app.create("hot", json!({"context": {"counter": 0}, "metadata": {"version": 1}}))
+        .await;
     let patchers: Vec<_> = (0..8)
         .map(|_| {
             let app = app.clone();

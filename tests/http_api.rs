@@ -97,24 +97,14 @@ async fn put_with_the_current_version_updates_and_bumps_it(backend: Backend) {
     let read = app.read(SID).await;
     assert_eq!(read.version(), 2);
     assert_eq!(read.json["currency"], json!("USD"));
-    assert_eq!(
-        read.json["siteCode"],
-        json!("main"),
-        "absent fields stay as stored"
-    );
+    assert_eq!(read.json["siteCode"], json!("main"), "absent fields stay as stored");
     assert_eq!(
         read.json["context"]["geo"],
         json!({"lat": 52.5}),
         "absent context stays"
     );
-    assert_eq!(
-        read.json["metadata"]["createdAt"],
-        json!("2026-02-04T16:30:04.047Z")
-    );
-    assert_eq!(
-        read.json["metadata"]["modifiedAt"],
-        json!("2026-02-04T16:30:05.547Z")
-    );
+    assert_eq!(read.json["metadata"]["createdAt"], json!("2026-02-04T16:30:04.047Z"));
+    assert_eq!(read.json["metadata"]["modifiedAt"], json!("2026-02-04T16:30:05.547Z"));
 }
 
 async fn stale_version_is_rejected_with_409_and_changes_nothing(backend: Backend) {
@@ -212,10 +202,7 @@ async fn put_ignores_timestamps_and_unknown_fields(backend: Backend) {
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
     let read = app.read(SID).await.json;
-    assert_eq!(
-        read["metadata"]["createdAt"],
-        json!("2026-02-04T16:30:04.047Z")
-    );
+    assert_eq!(read["metadata"]["createdAt"], json!("2026-02-04T16:30:04.047Z"));
     assert!(read.get("unknown").is_none());
 }
 
@@ -259,20 +246,10 @@ async fn invalid_fields_are_named_in_details(backend: Backend) {
         .iter()
         .map(|d| d["field"].as_str().unwrap())
         .collect();
-    for field in [
-        "currency",
-        "targetLocation",
-        "language",
-        "siteCode",
-        "context",
-    ] {
+    for field in ["currency", "targetLocation", "language", "siteCode", "context"] {
         assert!(fields.contains(&field), "{field} missing from {fields:?}");
     }
-    assert_eq!(
-        app.read(SID).await.status,
-        StatusCode::NOT_FOUND,
-        "nothing was stored"
-    );
+    assert_eq!(app.read(SID).await.status, StatusCode::NOT_FOUND, "nothing was stored");
 }
 
 async fn customer_sessions_need_the_customers_saas_token(backend: Backend) {
@@ -291,12 +268,7 @@ async fn customer_sessions_need_the_customers_saas_token(backend: Backend) {
     let create = json!({"customerId": "C1", "metadata": {"version": 1}});
     let missing = app.send(put("?upsert=true", None, create.clone())).await;
     missing.assert_error(401, "unauthorized");
-    assert!(
-        missing
-            .header("www-authenticate")
-            .unwrap()
-            .starts_with("Bearer")
-    );
+    assert!(missing.header("www-authenticate").unwrap().starts_with("Bearer"));
     app.send(put("?upsert=true", Some("garbage".into()), create.clone()))
         .await
         .assert_error(401, "unauthorized");
@@ -308,9 +280,7 @@ async fn customer_sessions_need_the_customers_saas_token(backend: Backend) {
         .await
         .assert_error(401, "unauthorized");
     assert_eq!(
-        app.send(put("?upsert=true", Some(saas("C1")), create))
-            .await
-            .status,
+        app.send(put("?upsert=true", Some(saas("C1")), create)).await.status,
         StatusCode::CREATED
     );
     // the stored customer needs its token for any later change
@@ -342,10 +312,7 @@ async fn customer_sessions_need_the_customers_saas_token(backend: Backend) {
     );
     // an anonymous session needs no saas-token
     let anonymous = json!({"siteCode": "main", "metadata": {"version": 4}});
-    assert_eq!(
-        app.send(put("", None, anonymous)).await.status,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(app.send(put("", None, anonymous)).await.status, StatusCode::NO_CONTENT);
 }
 
 async fn if_match_stands_in_for_the_version(backend: Backend) {
@@ -393,9 +360,7 @@ async fn patch_me_with_upsert_creates_the_tokens_session(backend: Backend) {
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     assert_eq!(reply.header("etag"), Some("\"1\""));
-    let me = app
-        .call(Method::GET, &me_path(""), Some(&token), None)
-        .await;
+    let me = app.call(Method::GET, &me_path(""), Some(&token), None).await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.header("etag"), Some("\"1\""));
     assert_eq!(me.json["sessionId"], json!("s-cust"));
@@ -417,12 +382,7 @@ async fn patch_me_applies_only_the_storefront_fields(backend: Backend) {
     body["currency"] = json!("USD");
     body["unknownKey"] = json!(true);
     let reply = app
-        .call(
-            Method::PATCH,
-            &me_path(""),
-            Some(&anonymous("s1")),
-            Some(body),
-        )
+        .call(Method::PATCH, &me_path(""), Some(&anonymous("s1")), Some(body))
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
     let after = app.read("s1").await.json;
@@ -438,12 +398,7 @@ async fn patch_me_merges_context_key_by_key(backend: Backend) {
     app.create("s1", full_body(1)).await;
     let body = json!({"context": {"geo": null, "new": {"deep": [1]}}, "metadata": {"version": 1}});
     let reply = app
-        .call(
-            Method::PATCH,
-            &me_path(""),
-            Some(&anonymous("s1")),
-            Some(body),
-        )
+        .call(Method::PATCH, &me_path(""), Some(&anonymous("s1")), Some(body))
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert_eq!(
@@ -523,14 +478,9 @@ async fn a_customer_session_is_closed_to_other_storefront_tokens(backend: Backen
         )
         .await
         .assert_error(403, "forbidden");
-        app.call(
-            Method::DELETE,
-            &me_path("/attributes/k"),
-            Some(&token),
-            None,
-        )
-        .await
-        .assert_error(403, "forbidden");
+        app.call(Method::DELETE, &me_path("/attributes/k"), Some(&token), None)
+            .await
+            .assert_error(403, "forbidden");
     }
     assert_eq!(app.read("s1").await.version(), 1);
 }
@@ -577,10 +527,7 @@ async fn me_attribute_post_answers_201_with_the_name(backend: Backend) {
     assert_eq!(reply.status, StatusCode::CREATED);
     assert_eq!(reply.json, json!("wish list"));
     assert_eq!(reply.header("etag"), Some("\"2\""));
-    assert_eq!(
-        app.read("s1").await.json["context"]["wish list"],
-        json!([1, 2])
-    );
+    assert_eq!(app.read("s1").await.json["context"]["wish list"], json!([1, 2]));
 }
 
 async fn attribute_posts_need_a_key_and_a_value_and_a_session(backend: Backend) {
@@ -612,14 +559,10 @@ async fn attribute_delete_is_idempotent(backend: Backend) {
     let app = TestApp::new(backend).await;
     app.create(SID, full_body(1)).await;
     let path = context_path(SID, "/attributes/legalEntityId");
-    let first = app
-        .call(Method::DELETE, &path, Some(&manager()), None)
-        .await;
+    let first = app.call(Method::DELETE, &path, Some(&manager()), None).await;
     assert_eq!(first.status, StatusCode::NO_CONTENT);
     assert_eq!(first.header("etag"), Some("\"2\""));
-    let second = app
-        .call(Method::DELETE, &path, Some(&manager()), None)
-        .await;
+    let second = app.call(Method::DELETE, &path, Some(&manager()), None).await;
     assert_eq!(second.status, StatusCode::NO_CONTENT);
     assert_eq!(second.header("etag"), None, "nothing changed");
     let read = app.read(SID).await;
@@ -648,40 +591,25 @@ async fn me_attribute_delete_removes_from_the_own_session(backend: Backend) {
         )
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
-    assert!(
-        app.read("s1").await.json["context"]
-            .get("legalEntityId")
-            .is_none()
-    );
+    assert!(app.read("s1").await.json["context"].get("legalEntityId").is_none());
 }
 
 async fn deleting_a_session_ends_it(backend: Backend) {
     let app = TestApp::new(backend).await;
     app.create(SID, full_body(1)).await;
     let reply = app
-        .call(
-            Method::DELETE,
-            &context_path(SID, ""),
-            Some(&manager()),
-            None,
-        )
+        .call(Method::DELETE, &context_path(SID, ""), Some(&manager()), None)
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert_eq!(app.read(SID).await.status, StatusCode::NOT_FOUND);
-    app.call(
-        Method::DELETE,
-        &context_path(SID, ""),
-        Some(&manager()),
-        None,
-    )
-    .await
-    .assert_error(404, "resource_not_found");
+    app.call(Method::DELETE, &context_path(SID, ""), Some(&manager()), None)
+        .await
+        .assert_error(404, "resource_not_found");
 }
 
 async fn anonymous_sessions_expire_after_their_last_change(backend: Backend) {
     let app = TestApp::new(backend).await;
-    app.create("anon", json!({"metadata": {"version": 1}}))
-        .await;
+    app.create("anon", json!({"metadata": {"version": 1}})).await;
     app.clock.advance(TTL / 2);
     let post = app
         .call(
@@ -692,17 +620,14 @@ async fn anonymous_sessions_expire_after_their_last_change(backend: Backend) {
         )
         .await;
     assert_eq!(post.status, StatusCode::NO_CONTENT);
-    app.clock
-        .advance(TTL / 2 + std::time::Duration::from_millis(1));
+    app.clock.advance(TTL / 2 + std::time::Duration::from_millis(1));
     assert_eq!(
         app.read("anon").await.status,
         StatusCode::OK,
         "a change restarts the lifetime"
     );
     app.clock.advance(TTL / 2);
-    app.read("anon")
-        .await
-        .assert_error(404, "resource_not_found");
+    app.read("anon").await.assert_error(404, "resource_not_found");
     app.call(
         Method::PUT,
         &context_path("anon", ""),
@@ -711,8 +636,7 @@ async fn anonymous_sessions_expire_after_their_last_change(backend: Backend) {
     )
     .await
     .assert_error(404, "resource_not_found");
-    app.create("anon", json!({"metadata": {"version": 2}}))
-        .await;
+    app.create("anon", json!({"metadata": {"version": 2}})).await;
     let fresh = app.read("anon").await;
     assert_eq!(fresh.version(), 1, "an expired session is created anew");
     assert_eq!(fresh.json["context"], json!({}));
@@ -729,9 +653,7 @@ async fn customer_sessions_do_not_expire_until_the_customer_is_removed(backend: 
     )
     .await;
     app.clock.advance(TTL * 48);
-    let me = app
-        .call(Method::GET, &me_path(""), Some(&token), None)
-        .await;
+    let me = app.call(Method::GET, &me_path(""), Some(&token), None).await;
     assert_eq!(me.status, StatusCode::OK, "customer sessions never expire");
     let logout = Request::builder()
         .method(Method::PUT)
@@ -756,10 +678,7 @@ async fn path_parameters_follow_the_input_rules(backend: Backend) {
         format!("/session-context/shop/context/{}", "x".repeat(129)),
         "/session-context/shop/context/%FF%FE".to_string(),
         "/session-context/shop/context/a%2Fb".to_string(),
-        format!(
-            "/session-context/shop/context/s1/attributes/{}",
-            "k".repeat(257)
-        ),
+        format!("/session-context/shop/context/s1/attributes/{}", "k".repeat(257)),
         "/session-context/shop/context/s1/attributes/%0A".to_string(),
         "/session-context/shop/context/s1/attributes/%C3%28".to_string(),
     ] {
@@ -808,23 +727,14 @@ async fn bodies_must_be_json_objects_within_limits(backend: Backend) {
     app.send(raw(json_ct, String::new()))
         .await
         .assert_error(400, "validation_error");
-    let deep = format!(
-        "{{\"context\":{{\"a\":{}{}}}}}",
-        "[".repeat(40),
-        "]".repeat(40)
-    );
-    app.send(raw(json_ct, deep))
-        .await
-        .assert_error(400, "validation_error");
+    let deep = format!("{{\"context\":{{\"a\":{}{}}}}}", "[".repeat(40), "]".repeat(40));
+    app.send(raw(json_ct, deep)).await.assert_error(400, "validation_error");
     let hostile = "[".repeat(200_000);
     app.send(raw(json_ct, hostile))
         .await
         .assert_error(413, "payload_too_large");
-    let big =
-        json!({"context": {"blob": "x".repeat(2000)}, "metadata": {"version": 1}}).to_string();
-    app.send(raw(json_ct, big))
-        .await
-        .assert_error(413, "payload_too_large");
+    let big = json!({"context": {"blob": "x".repeat(2000)}, "metadata": {"version": 1}}).to_string();
+    app.send(raw(json_ct, big)).await.assert_error(413, "payload_too_large");
     app.send(raw(Some("text/plain"), "{}".into()))
         .await
         .assert_error(415, "unsupported_media_type");
@@ -850,22 +760,12 @@ async fn unknown_routes_and_methods_answer_with_the_error_body(backend: Backend)
     app.call(Method::GET, "/nothing/here", None, None)
         .await
         .assert_error(404, "resource_not_found");
-    app.call(
-        Method::GET,
-        &context_path("s1", "/extra/parts"),
-        Some(&manager()),
-        None,
-    )
-    .await
-    .assert_error(404, "resource_not_found");
-    app.call(
-        Method::POST,
-        &context_path("s1", ""),
-        Some(&manager()),
-        None,
-    )
-    .await
-    .assert_error(405, "method_not_allowed");
+    app.call(Method::GET, &context_path("s1", "/extra/parts"), Some(&manager()), None)
+        .await
+        .assert_error(404, "resource_not_found");
+    app.call(Method::POST, &context_path("s1", ""), Some(&manager()), None)
+        .await
+        .assert_error(405, "method_not_allowed");
     app.call(Method::PUT, &me_path(""), Some(&manager()), None)
         .await
         .assert_error(405, "method_not_allowed");
@@ -898,9 +798,7 @@ async fn the_same_session_id_under_two_tenants_is_two_sessions(backend: Backend)
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(app.read(SID).await.json["currency"], json!("EUR"));
     assert_eq!(
-        app.call(Method::GET, &other, Some(&other_manager), None)
-            .await
-            .json["currency"],
+        app.call(Method::GET, &other, Some(&other_manager), None).await.json["currency"],
         json!("PLN")
     );
 }
@@ -929,21 +827,14 @@ async fn health_metrics_and_openapi_are_served_without_a_token(backend: Backend)
             .text
             .contains("session_context_http_request_duration_seconds_bucket")
     );
-    let doc = app
-        .call(Method::GET, "/session-context/openapi.json", None, None)
-        .await;
+    let doc = app.call(Method::GET, "/session-context/openapi.json", None, None).await;
     assert_eq!(doc.status, StatusCode::OK);
     assert!(doc.json["openapi"].as_str().unwrap().starts_with("3."));
     let mut operations: Vec<String> = doc.json["paths"]
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(path, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .map(move |m| format!("{m} {path}"))
-        })
+        .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |m| format!("{m} {path}")))
         .collect();
     operations.sort();
     let base = "/session-context/{tenant}";

@@ -66,10 +66,7 @@ impl KeySet {
                         algorithm: Algorithm::ES256,
                     }
                 } else {
-                    return Err(format!(
-                        "{} is not an RSA or EC public key in PEM form",
-                        path.display()
-                    ));
+                    return Err(format!("{} is not an RSA or EC public key in PEM form", path.display()));
                 };
                 Ok(KeySet::Single(key))
             }
@@ -81,15 +78,10 @@ impl KeySet {
                 for jwk in &set.keys {
                     let algorithm = match &jwk.algorithm {
                         AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                        AlgorithmParameters::EllipticCurve(ec)
-                            if ec.curve == EllipticCurve::P256 =>
-                        {
-                            Algorithm::ES256
-                        }
+                        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
                         _ => continue, // only RS256 and ES256 keys are used
                     };
-                    let key = DecodingKey::from_jwk(jwk)
-                        .map_err(|e| format!("a key in {}: {e}", path.display()))?;
+                    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("a key in {}: {e}", path.display()))?;
                     let kid = jwk.common.key_id.clone().unwrap_or_default();
                     keys.insert(kid, VerifyingKey { key, algorithm });
                 }

@@ -23,9 +23,7 @@ pub struct TokenSpec {
 /// Signs `spec` with HS256 and `secret` (at least 32 bytes), with the contract's claim names.
 pub fn mint_hs256(secret: &[u8], spec: &TokenSpec) -> Result<String, String> {
     if secret.len() < MIN_SECRET_BYTES {
-        return Err(format!(
-            "the secret must be at least {MIN_SECRET_BYTES} bytes"
-        ));
+        return Err(format!("the secret must be at least {MIN_SECRET_BYTES} bytes"));
     }
     let now = SystemClock.now() / 1000;
     let ttl = i64::try_from(spec.ttl.as_secs()).unwrap_or(i64::MAX / 2);
@@ -44,10 +42,5 @@ pub fn mint_hs256(secret: &[u8], spec: &TokenSpec) -> Result<String, String> {
             claims.insert(name.into(), Value::String(value.clone()));
         }
     }
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| e.to_string())
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret)).map_err(|e| e.to_string())
 }

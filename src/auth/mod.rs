@@ -11,10 +11,7 @@ use serde_json::{Map, Value};
 pub use keys::{KeySet, KeySource, MIN_SECRET_BYTES};
 
 /// The management scope, and the spelling of it that Emporix also uses.
-pub const MANAGE_SCOPES: [&str; 2] = [
-    "session_context.context_manage",
-    "sessioncontext.context_manage",
-];
+pub const MANAGE_SCOPES: [&str; 2] = ["session_context.context_manage", "sessioncontext.context_manage"];
 
 /// Names of the claims the service reads; configurable for other identity providers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,9 +64,7 @@ impl AccessClaims {
 
     /// Whether the token may use the management endpoints.
     pub fn may_manage(&self) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| MANAGE_SCOPES.contains(&s.as_str()))
+        self.scopes.iter().any(|s| MANAGE_SCOPES.contains(&s.as_str()))
     }
 }
 
@@ -112,10 +107,7 @@ impl Verifier {
         let names = &self.claims;
         let mut scopes: Vec<String> = match claims.get(&names.scope) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
             _ => Vec::new(),
         };
         let mut tenants: Vec<String> = scopes
@@ -128,8 +120,7 @@ impl Verifier {
             tenants,
             scopes,
             session_id: string_claim(&claims, &names.session_id),
-            customer_id: string_claim(&claims, &names.customer_id)
-                .or_else(|| string_claim(&claims, "sub")),
+            customer_id: string_claim(&claims, &names.customer_id).or_else(|| string_claim(&claims, "sub")),
         })
     }
 
@@ -145,10 +136,7 @@ impl Verifier {
             .pick(header.kid.as_deref())
             .ok_or_else(|| InvalidToken("no key for this kid".into()))?;
         if header.alg != key.algorithm {
-            return Err(InvalidToken(format!(
-                "algorithm {:?} is not accepted",
-                header.alg
-            )));
+            return Err(InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
         }
         let (_, validation) = self
             .validations

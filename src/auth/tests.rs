@@ -95,11 +95,7 @@ fn bad_tokens_are_refused() {
         json!({"exp": now() + 60, "nbf": now() + 30}),
         &EncodingKey::from_secret(SECRET),
     );
-    let good = sign(
-        Header::default(),
-        good_claims,
-        &EncodingKey::from_secret(SECRET),
-    );
+    let good = sign(Header::default(), good_claims, &EncodingKey::from_secret(SECRET));
     let mut parts: Vec<&str> = good.split('.').collect();
     // alg: none, with the signature dropped
     let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
@@ -119,19 +115,13 @@ fn bad_tokens_are_refused() {
         ("garbage", "not.a.jwt".to_string()),
         ("empty", String::new()),
     ] {
-        assert!(
-            verifier.verify_access(&token).is_err(),
-            "{name} was accepted"
-        );
+        assert!(verifier.verify_access(&token).is_err(), "{name} was accepted");
     }
 }
 
 #[test]
 fn rs256_pem_keys_verify_and_refuse_hs256_signed_with_the_public_key() {
-    let verifier = Verifier::new(&settings(KeySource::PublicKeyPem(
-        keys_dir().join("rsa_public.pem"),
-    )))
-    .unwrap();
+    let verifier = Verifier::new(&settings(KeySource::PublicKeyPem(keys_dir().join("rsa_public.pem")))).unwrap();
     let private = std::fs::read(keys_dir().join("rsa_private.pem")).unwrap();
     let claims = json!({"exp": now() + 60, "tenant": "shop"});
     let rs = sign(
@@ -141,11 +131,7 @@ fn rs256_pem_keys_verify_and_refuse_hs256_signed_with_the_public_key() {
     );
     assert!(verifier.verify_access(&rs).unwrap().is_for_tenant("shop"));
     let public = std::fs::read(keys_dir().join("rsa_public.pem")).unwrap();
-    let confused = sign(
-        Header::default(),
-        claims,
-        &EncodingKey::from_secret(&public),
-    );
+    let confused = sign(Header::default(), claims, &EncodingKey::from_secret(&public));
     assert!(verifier.verify_access(&confused).is_err());
 }
 
@@ -169,11 +155,7 @@ fn jwks_keys_are_chosen_by_kid() {
             .is_err()
     );
     header.kid = Some("rsa-1".into());
-    assert!(
-        verifier
-            .verify_access(&sign(header, claims.clone(), &key))
-            .is_err()
-    );
+    assert!(verifier.verify_access(&sign(header, claims.clone(), &key)).is_err());
     // two keys in the set: a token without kid cannot be matched
     let no_kid = sign(Header::new(jsonwebtoken::Algorithm::ES256), claims, &key);
     assert!(verifier.verify_access(&no_kid).is_err());
@@ -218,16 +200,10 @@ fn saas_tokens_may_have_their_own_secret() {
         ..Default::default()
     };
     assert_eq!(
-        verifier
-            .verify_saas(&mint_hs256(&saas_secret, &spec).unwrap())
-            .unwrap(),
+        verifier.verify_saas(&mint_hs256(&saas_secret, &spec).unwrap()).unwrap(),
         "C1"
     );
-    assert!(
-        verifier
-            .verify_saas(&mint_hs256(SECRET, &spec).unwrap())
-            .is_err()
-    );
+    assert!(verifier.verify_saas(&mint_hs256(SECRET, &spec).unwrap()).is_err());
 }
 
 fn base64_url(text: &str) -> String {

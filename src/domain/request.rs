@@ -29,10 +29,7 @@ pub struct PutRequest {
 impl PutRequest {
     /// The change the request makes to `field`, if it names it.
     pub fn change(&self, field: TextField) -> Option<&FieldChange> {
-        self.fields
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, c)| c)
+        self.fields.iter().find(|(f, _)| *f == field).map(|(_, c)| c)
     }
 }
 
@@ -56,10 +53,7 @@ pub struct PatchRequest {
 
 /// Reads a PUT body. `path_session_id` is the session the path names; a `sessionId` in the
 /// body must equal it.
-pub fn read_put(
-    body: &Map<String, Value>,
-    path_session_id: &str,
-) -> Result<PutRequest, Vec<FieldError>> {
+pub fn read_put(body: &Map<String, Value>, path_session_id: &str) -> Result<PutRequest, Vec<FieldError>> {
     let mut errors = Vec::new();
     match body.get("sessionId") {
         None | Some(Value::Null) => {}
@@ -84,11 +78,7 @@ pub fn read_put(
             Some(map.clone())
         }
         Some(_) => {
-            errors.push(FieldError::new(
-                "context",
-                "invalid_type",
-                "context must be an object",
-            ));
+            errors.push(FieldError::new("context", "invalid_type", "context must be an object"));
             None
         }
     };
@@ -116,11 +106,7 @@ pub fn read_patch(body: &Map<String, Value>) -> Result<PatchRequest, Vec<FieldEr
             Some(ContextPatch::Merge(map.clone()))
         }
         Some(_) => {
-            errors.push(FieldError::new(
-                "context",
-                "invalid_type",
-                "context must be an object",
-            ));
+            errors.push(FieldError::new("context", "invalid_type", "context must be an object"));
             None
         }
     };
@@ -150,11 +136,7 @@ pub fn read_attribute(body: &Map<String, Value>) -> Result<(String, Value), Vec<
             None
         }
         Some(_) => {
-            errors.push(FieldError::new(
-                "key",
-                "invalid_type",
-                "key must be a string",
-            ));
+            errors.push(FieldError::new("key", "invalid_type", "key must be a string"));
             None
         }
     };
@@ -237,11 +219,7 @@ fn read_version(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opti
 }
 
 fn finish<T>(errors: Vec<FieldError>, value: T) -> Result<T, Vec<FieldError>> {
-    if errors.is_empty() {
-        Ok(value)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(value) } else { Err(errors) }
 }
 
 #[cfg(test)]
@@ -260,10 +238,7 @@ mod tests {
             "s1",
         )
         .unwrap();
-        assert_eq!(
-            req.change(TextField::SiteCode),
-            Some(&FieldChange::Set("main".into()))
-        );
+        assert_eq!(req.change(TextField::SiteCode), Some(&FieldChange::Set("main".into())));
         assert_eq!(req.change(TextField::CartId), Some(&FieldChange::Remove));
         assert_eq!(req.change(TextField::Currency), None);
         assert_eq!(req.context, None);
@@ -280,13 +255,7 @@ mod tests {
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            [
-                "sessionId",
-                "currency",
-                "language",
-                "context",
-                "metadata.version"
-            ]
+            ["sessionId", "currency", "language", "context", "metadata.version"]
         );
     }
 
@@ -305,10 +274,7 @@ mod tests {
             "currency": "USD", "unknown": true
         })))
         .unwrap();
-        assert_eq!(
-            req.fields,
-            vec![(TextField::Currency, FieldChange::Set("USD".into()))]
-        );
+        assert_eq!(req.fields, vec![(TextField::Currency, FieldChange::Set("USD".into()))]);
         assert_eq!(req.version, Some(2));
     }
 

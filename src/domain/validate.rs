@@ -65,8 +65,7 @@ pub fn session_id(value: &str) -> Result<(), FieldError> {
 
 /// An attribute name: 1 to 256 bytes of UTF-8 without control characters.
 pub fn attribute_name(field: &str, value: &str) -> Result<(), FieldError> {
-    let ok = (1..=MAX_ATTRIBUTE_NAME_BYTES).contains(&value.len())
-        && !value.chars().any(char::is_control);
+    let ok = (1..=MAX_ATTRIBUTE_NAME_BYTES).contains(&value.len()) && !value.chars().any(char::is_control);
     ok.then_some(()).ok_or_else(|| {
         FieldError::new(
             field,
@@ -88,14 +87,10 @@ pub fn text_field(field: TextField, value: &str) -> Result<(), FieldError> {
             value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()),
             "targetLocation must be two capital letters (DE)",
         ),
-        TextField::Language => (
-            is_language_tag(value),
-            "language must be a BCP-47 tag (de, en-US)",
-        ),
-        TextField::CustomerId | TextField::SiteCode | TextField::CartId => (
-            value.chars().count() <= MAX_TEXT_CHARS,
-            "at most 256 characters",
-        ),
+        TextField::Language => (is_language_tag(value), "language must be a BCP-47 tag (de, en-US)"),
+        TextField::CustomerId | TextField::SiteCode | TextField::CartId => {
+            (value.chars().count() <= MAX_TEXT_CHARS, "at most 256 characters")
+        }
     };
     ok.then_some(())
         .ok_or_else(|| FieldError::new(name, "invalid_format", rule))
@@ -111,8 +106,7 @@ fn is_language_tag(value: &str) -> bool {
     let primary_ok = parts
         .next()
         .is_some_and(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
-    primary_ok
-        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    primary_ok && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// Whether the JSON text nests arrays and objects deeper than `max`. Scans bytes without

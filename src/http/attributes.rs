@@ -92,9 +92,7 @@ pub async fn post_me_attribute(
     let (name, outcome) = set(&state, &key, &caller, &body).await?;
     let mut response = (StatusCode::CREATED, Json(name)).into_response();
     if let Outcome::Created { version } | Outcome::Updated { version } = outcome {
-        response
-            .headers_mut()
-            .insert(axum::http::header::ETAG, etag(version));
+        response.headers_mut().insert(axum::http::header::ETAG, etag(version));
     }
     Ok(response)
 }
@@ -131,8 +129,8 @@ async fn set(
     body: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(String, Outcome), ApiError> {
     let id = &key.session_id;
-    let (name, value) = request::read_attribute(body)
-        .map_err(|d| ApiError::bad_request("Invalid attribute", d).for_session(id))?;
+    let (name, value) =
+        request::read_attribute(body).map_err(|d| ApiError::bad_request("Invalid attribute", d).for_session(id))?;
     let outcome = state
         .sessions
         .set_attribute(key, caller, &name, &value)
@@ -141,12 +139,7 @@ async fn set(
     Ok((name, outcome))
 }
 
-async fn remove(
-    state: &AppState,
-    key: &SessionKey,
-    caller: &Caller,
-    name: &str,
-) -> Result<Response, ApiError> {
+async fn remove(state: &AppState, key: &SessionKey, caller: &Caller, name: &str) -> Result<Response, ApiError> {
     let outcome = state
         .sessions
         .remove_attribute(key, caller, name)

@@ -31,15 +31,10 @@ pub struct MePrincipal {
 impl FromRequestParts<AppState> for ManagementPrincipal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let (tenant, claims) = authenticate(parts, state).await?;
         if !claims.may_manage() {
-            return Err(forbidden(
-                "The token lacks the session_context.context_manage scope",
-            ));
+            return Err(forbidden("The token lacks the session_context.context_manage scope"));
         }
         Ok(ManagementPrincipal { tenant })
     }
@@ -48,10 +43,7 @@ impl FromRequestParts<AppState> for ManagementPrincipal {
 impl FromRequestParts<AppState> for MePrincipal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let (tenant, claims) = authenticate(parts, state).await?;
         let session_id = claims
             .session_id
@@ -66,10 +58,7 @@ impl FromRequestParts<AppState> for MePrincipal {
 }
 
 /// Verifies the bearer token and checks it is for the path's tenant.
-async fn authenticate(
-    parts: &mut Parts,
-    state: &AppState,
-) -> Result<(String, AccessClaims), ApiError> {
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<(String, AccessClaims), ApiError> {
     let token = bearer(parts).ok_or(ErrorKind::Unauthenticated {
         message: "A bearer token is required",
     })?;

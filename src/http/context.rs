@@ -71,8 +71,8 @@ pub async fn put_context(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let with_id = |e: ApiError| e.for_session(&id);
-    let req = request::read_put(&body, &id)
-        .map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
+    let req =
+        request::read_put(&body, &id).map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
     let expected = expected_version(if_match, req.version).map_err(with_id)?;
     let key = SessionKey::new(principal.tenant, &id);
     let outcome = state

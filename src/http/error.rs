@@ -21,10 +21,7 @@ pub struct ApiError {
 #[derive(Debug)]
 pub enum ErrorKind {
     /// 400: the request breaks an input rule; `details` names the fields.
-    BadRequest {
-        message: String,
-        details: Vec<FieldError>,
-    },
+    BadRequest { message: String, details: Vec<FieldError> },
     /// 401: no token, or one that does not verify (`WWW-Authenticate: Bearer`).
     Unauthenticated { message: &'static str },
     /// 403: a valid token that does not grant this.
@@ -115,25 +112,11 @@ impl ApiError {
     fn body(self) -> ErrorBody {
         let status = self.status().as_u16();
         let (kind, message, current_version, details) = match self.kind {
-            ErrorKind::BadRequest { message, details } => {
-                ("validation_error", message, None, details)
-            }
-            ErrorKind::Unauthenticated { message } => {
-                ("unauthorized", message.into(), None, vec![])
-            }
+            ErrorKind::BadRequest { message, details } => ("validation_error", message, None, details),
+            ErrorKind::Unauthenticated { message } => ("unauthorized", message.into(), None, vec![]),
             ErrorKind::Forbidden { message } => ("forbidden", message.into(), None, vec![]),
-            ErrorKind::SessionNotFound => (
-                "resource_not_found",
-                "Session not found".into(),
-                None,
-                vec![],
-            ),
-            ErrorKind::RouteNotFound => (
-                "resource_not_found",
-                "No such resource".into(),
-                None,
-                vec![],
-            ),
+            ErrorKind::SessionNotFound => ("resource_not_found", "Session not found".into(), None, vec![]),
+            ErrorKind::RouteNotFound => ("resource_not_found", "No such resource".into(), None, vec![]),
             ErrorKind::MethodNotAllowed => (
                 "method_not_allowed",
                 "This method is not allowed on this resource".into(),
@@ -164,12 +147,7 @@ impl ApiError {
                 None,
                 vec![],
             ),
-            ErrorKind::Internal => (
-                "internal_error",
-                "An internal error occurred".into(),
-                None,
-                vec![],
-            ),
+            ErrorKind::Internal => ("internal_error", "An internal error occurred".into(), None, vec![]),
             ErrorKind::Unavailable => (
                 "service_unavailable",
                 "The service is temporarily unavailable; retry shortly".into(),
@@ -191,10 +169,7 @@ impl ApiError {
 
 impl From<ErrorKind> for ApiError {
     fn from(kind: ErrorKind) -> Self {
-        ApiError {
-            kind,
-            session_id: None,
-        }
+        ApiError { kind, session_id: None }
     }
 }
 

@@ -18,13 +18,7 @@ use crate::service::{Expected, SaasToken};
 pub async fn path_param(parts: &mut Parts, name: &str) -> Result<String, ApiError> {
     let params = RawPathParams::from_request_parts(parts, &())
         .await
-        .map_err(|_| {
-            ApiError::invalid(FieldError::new(
-                name,
-                "invalid_format",
-                "the path is not valid UTF-8",
-            ))
-        })?;
+        .map_err(|_| ApiError::invalid(FieldError::new(name, "invalid_format", "the path is not valid UTF-8")))?;
     params
         .iter()
         .find(|(n, _)| *n == name)
@@ -118,10 +112,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
 
 /// Which version a PUT or PATCH expects: `If-Match` if sent, else `metadata.version`
 /// (one of the two is required; if both are sent they must agree).
-pub fn expected_version(
-    if_match: Option<Expected>,
-    body: Option<u64>,
-) -> Result<Expected, ApiError> {
+pub fn expected_version(if_match: Option<Expected>, body: Option<u64>) -> Result<Expected, ApiError> {
     match (if_match, body) {
         (Some(Expected::IfMatch(h)), Some(b)) if h != b => Err(ApiError::invalid(FieldError::new(
             "metadata.version",
@@ -144,10 +135,7 @@ pub struct Saas(pub SaasToken);
 impl FromRequestParts<AppState> for Saas {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get("saas-token") else {
             return Ok(Saas(SaasToken::Missing));
         };

@@ -68,8 +68,7 @@ pub async fn patch_me(
 ) -> Result<Response, ApiError> {
     let id = me.session_id.clone();
     let with_id = |e: ApiError| e.for_session(&id);
-    let req = request::read_patch(&body)
-        .map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
+    let req = request::read_patch(&body).map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
     let expected = expected_version(if_match, req.version).map_err(with_id)?;
     let key = SessionKey::new(me.tenant, &me.session_id);
     let outcome = state

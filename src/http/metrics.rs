@@ -39,9 +39,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("session_context");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let latency = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let swept = Counter::default();
         registry.register(
             "http_requests",
@@ -100,11 +98,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
-    let labels = RequestLabels {
-        method,
-        route,
-        status,
-    };
+    let labels = RequestLabels { method, route, status };
     state.metrics.requests.get_or_create(&labels).inc();
     state
         .metrics

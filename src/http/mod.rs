@@ -77,10 +77,7 @@ pub fn router(mut state: AppState, max_body_bytes: usize) -> Router {
     routes
         .fallback(|| async { ApiError::from(ErrorKind::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError::from(ErrorKind::MethodNotAllowed) })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
@@ -92,18 +89,14 @@ pub fn router(mut state: AppState, max_body_bytes: usize) -> Router {
 /// `"<version>"`, the entity tag of a session at `version`.
 pub fn etag(version: u64) -> HeaderValue {
     // Digits and quotes are always a valid header value.
-    HeaderValue::from_str(&format!("\"{version}\""))
-        .expect("a quoted number is a valid header value")
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("a quoted number is a valid header value")
 }
 
 /// 200 with a stored session's JSON and its ETag.
 pub fn session_response(record: StoredSession) -> Response {
     (
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
             (header::ETAG, etag(record.version)),
         ],
         record.doc,
@@ -114,12 +107,8 @@ pub fn session_response(record: StoredSession) -> Response {
 /// 201 for a created session, 204 for a changed or unchanged one; the ETag when it changed.
 pub fn change_response(outcome: Outcome) -> Response {
     match outcome {
-        Outcome::Created { version } => {
-            (StatusCode::CREATED, [(header::ETAG, etag(version))]).into_response()
-        }
-        Outcome::Updated { version } => {
-            (StatusCode::NO_CONTENT, [(header::ETAG, etag(version))]).into_response()
-        }
+        Outcome::Created { version } => (StatusCode::CREATED, [(header::ETAG, etag(version))]).into_response(),
+        Outcome::Updated { version } => (StatusCode::NO_CONTENT, [(header::ETAG, etag(version))]).into_response(),
         Outcome::Unchanged => no_content(),
     }
 }

@@ -56,9 +56,5 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/session-context/openapi.json", tag = "Operations",
     responses((status = 200, description = "The OpenAPI 3 document of this service", content_type = "application/json")))]
 pub async fn openapi(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.openapi.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi.to_string()).into_response()
 }

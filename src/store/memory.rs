@@ -18,19 +18,13 @@ impl MemoryStore {
     fn records(&self) -> MutexGuard<'_, HashMap<SessionKey, StoredSession>> {
         // A panic while holding the lock cannot leave a half-written record (every change is
         // one insert or remove), so a poisoned lock is still safe to use.
-        self.records
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Millis,
-    ) -> Result<Option<StoredSession>, StoreError> {
+    async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
         Ok(self.records().get(key).filter(|r| r.is_live(now)).cloned())
     }
 
@@ -42,10 +36,7 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut records = self.records();
-        let current = records
-            .get(key)
-            .filter(|r| r.is_live(now))
-            .map(|r| r.version);
+        let current = records.get(key).filter(|r| r.is_live(now)).map(|r| r.version);
         let holds = match expect {
             Expect::Absent => current.is_none(),
             Expect::Version(v) => current == Some(v),

@@ -5,6 +5,8 @@
 //! the contract live in `domain/`, never here.
 
 mod memory;
+mod postgres;
+mod redis;
 mod sqlite;
 mod url;
 
@@ -13,8 +15,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
-pub use url::StoreUrl;
+pub use url::{PostgresOptions, RedisOptions, StoreUrl};
 
 use crate::clock::Millis;
 
@@ -82,11 +86,7 @@ pub enum StoreError {
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// The live record under `key` at `now`; expired records are reported as missing.
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Millis,
-    ) -> Result<Option<StoredSession>, StoreError>;
+    async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError>;
 
     /// Stores `record` under `key` if `expect` holds at `now`, atomically; else
     /// [`StoreError::Conflict`] and nothing changes.
@@ -113,5 +113,8 @@ pub async fn open(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, StoreError> {
     match url {
         StoreUrl::Memory => Ok(Arc::new(MemoryStore::default())),
         StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        StoreUrl::Postgres(options) => Ok(Arc::new(PostgresStore::open(options).await?)),
+        StoreUrl::Redis(options) => Ok(Arc::new(RedisStore::open_single(options).await?)),
+        StoreUrl::RedisCluster(options) => Ok(Arc::new(RedisStore::open_cluster(options).await?)),
     }
 }

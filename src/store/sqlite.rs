@@ -45,9 +45,8 @@ impl SqliteStore {
 
     fn open_blocking(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut writer = Connection::open(path).map_err(from_sqlite)?;
         writer
@@ -93,9 +92,7 @@ impl SqliteStore {
     {
         let readers = self.readers.clone();
         run_blocking(move || {
-            let conn = readers
-                .get()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let conn = readers.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
             f(&conn)
         })
         .await
@@ -104,11 +101,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Millis,
-    ) -> Result<Option<StoredSession>, StoreError> {
+    async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
         let key = key.clone();
         self.with_reader(move |conn| {
             let row = conn
@@ -118,14 +111,22 @@ impl SessionStore for SqliteStore {
                 )
                 .and_then(|mut stmt| {
                     stmt.query_row(params![key.tenant, key.session_id, now], |row| {
-                        Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?, row.get::<_, String>(2)?))
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, Option<i64>>(1)?,
+                            row.get::<_, String>(2)?,
+                        ))
                     })
                     .optional()
                 })
                 .map_err(from_sqlite)?;
             row.map(|(version, expires_at, doc)| {
                 let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
-                Ok(StoredSession { version, expires_at, doc })
+                Ok(StoredSession {
+                    version,
+                    expires_at,
+                    doc,
+                })
             })
             .transpose()
         })
@@ -169,11 +170,22 @@ impl SessionStore for SqliteStore {
                          WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?6",
                     )
                     .and_then(|mut stmt| {
-                        stmt.execute(params![key.tenant, key.session_id, version, record.expires_at, record.doc, now])
+                        stmt.execute(params![
+                            key.tenant,
+                            key.session_id,
+                            version,
+                            record.expires_at,
+                            record.doc,
+                            now
+                        ])
                     }),
             }
             .map_err(from_sqlite)?;
-            if changed == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict)
+            }
         })
         .await
     }
@@ -183,7 +195,10 @@ impl SessionStore for SqliteStore {
         self.with_writer(move |conn| {
             let removed: Option<Option<i64>> = conn
                 .prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 RETURNING expires_at")
-                .and_then(|mut stmt| stmt.query_row(params![key.tenant, key.session_id], |r| r.get(0)).optional())
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![key.tenant, key.session_id], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(from_sqlite)?;
             Ok(matches!(removed, Some(expires_at) if expires_at.is_none_or(|at| at > now)))
         })
@@ -205,11 +220,8 @@ impl SessionStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_reader(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(from_sqlite)
-        })
-        .await
+        self.with_reader(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(from_sqlite))
+            .await
     }
 }
 
@@ -255,9 +267,7 @@ fn from_sqlite(err: rusqlite::Error) -> StoreError {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) => {
             StoreError::Unavailable(err.to_string())
         }
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-            StoreError::Corrupt(err.to_string())
-        }
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(err.to_string()),
         _ => StoreError::Backend(err.to_string()),
     }
 }

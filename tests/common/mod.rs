@@ -16,7 +16,7 @@ use session_context::clock::ManualClock;
 use session_context::http::metrics::Metrics;
 use session_context::http::{self, AppState};
 use session_context::service::Sessions;
-use session_context::store::{MemoryStore, SessionStore, SqliteStore};
+use session_context::store::{self, MemoryStore, SessionStore, SqliteStore, StoreUrl};
 use tower::ServiceExt;
 
 pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
@@ -28,10 +28,80 @@ pub const START: i64 = 1_770_222_604_047;
 pub const TTL: Duration = Duration::from_secs(3600);
 
 /// Which backend an app runs on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Memory,
     Sqlite,
+    Postgres,
+    Redis,
+    RedisCluster,
+}
+
+impl Backend {
+    /// The environment variable that names the server of a networked backend.
+    pub fn url_variable(self) -> Option<&'static str> {
+        match self {
+            Backend::Memory | Backend::Sqlite => None,
+            Backend::Postgres => Some("SESSION_CONTEXT_TEST_POSTGRES_URL"),
+            Backend::Redis => Some("SESSION_CONTEXT_TEST_REDIS_URL"),
+            Backend::RedisCluster => Some("SESSION_CONTEXT_TEST_REDIS_CLUSTER_URL"),
+        }
+    }
+
+    /// The server URL of a networked backend. When it is not configured the test says so
+    /// loudly and is skipped; under `CI=true` that is a failure instead.
+    pub fn server_url(self) -> Option<String> {
+        let variable = self.url_variable()?;
+        match std::env::var(variable) {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("{variable} is not set: CI must run the {self:?} tests against a real server")
+            }
+            _ => {
+                eprintln!("SKIPPED: {variable} is not set, so this {self:?} test did not run");
+                None
+            }
+        }
+    }
+
+    /// Whether the backend removes expired records by itself (so its sweep has nothing to do).
+    pub fn expires_natively(self) -> bool {
+        matches!(self, Backend::Redis | Backend::RedisCluster)
+    }
+
+    /// Whether this backend can run here (embedded ones always can).
+    pub fn available(self) -> bool {
+        self.url_variable().is_none() || self.server_url().is_some()
+    }
+}
+
+/// A fresh, random lowercase name, so that tests sharing one server never see each other's data.
+pub fn unique_name(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("randomness");
+    let suffix: String = bytes.iter().map(|b| char::from(b'a' + b % 26)).collect();
+    format!("{prefix}{suffix}")
+}
+
+/// The store URL of a fresh namespace on a networked backend: its own schema on PostgreSQL,
+/// its own key prefix on Redis.
+pub async fn namespaced_url(backend: Backend) -> String {
+    let base = backend.server_url().expect("the backend is available");
+    let join = if base.contains('?') { '&' } else { '?' };
+    match backend {
+        Backend::Postgres => {
+            let schema = unique_name("sc_test_");
+            let pool = sqlx::PgPool::connect(&base).await.expect("PostgreSQL answers");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&pool)
+                .await
+                .expect("a schema");
+            pool.close().await;
+            format!("{base}{join}options[search_path]={schema}")
+        }
+        Backend::Redis | Backend::RedisCluster => format!("{base}{join}prefix={}", unique_name("t")),
+        Backend::Memory | Backend::Sqlite => unreachable!("embedded backends have no URL"),
+    }
 }
 
 /// An in-process app with a clock the test moves.
@@ -52,6 +122,10 @@ pub async fn open_store(backend: Backend) -> (Arc<dyn SessionStore>, Option<temp
                 .await
                 .expect("sqlite opens");
             (Arc::new(store), Some(dir))
+        }
+        Backend::Postgres | Backend::Redis | Backend::RedisCluster => {
+            let url: StoreUrl = namespaced_url(backend).await.parse().expect("a valid store URL");
+            (store::open(&url).await.expect("the store opens"), None)
         }
     }
 }
@@ -84,13 +158,7 @@ impl TestApp {
     }
 
     /// Sends one request; `body` is sent as JSON when given.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
         let mut builder = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
@@ -106,20 +174,10 @@ impl TestApp {
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("the router answers");
+        let response = self.router.clone().oneshot(request).await.expect("the router answers");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
+        let bytes = response.into_body().collect().await.expect("a body").to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Reply {
             status,
@@ -174,9 +232,7 @@ impl Reply {
     }
 
     pub fn version(&self) -> u64 {
-        self.json["metadata"]["version"]
-            .as_u64()
-            .expect("a version")
+        self.json["metadata"]["version"].as_u64().expect("a version")
     }
 }
 
@@ -240,15 +296,33 @@ pub fn saas(customer: &str) -> String {
     .expect("the saas secret is long enough")
 }
 
-/// Runs each listed async test fn against every backend.
+/// Runs each listed async test fn against every backend; a networked backend whose server is
+/// not configured is skipped loudly (a failure under `CI=true`).
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::Memory).await } )*
-        }
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::Sqlite).await } )*
+        $crate::on_backend!(memory, Memory, $($name),*);
+        $crate::on_backend!(sqlite, Sqlite, $($name),*);
+        $crate::on_backend!(postgres, Postgres, $($name),*);
+        $crate::on_backend!(redis, Redis, $($name),*);
+        $crate::on_backend!(redis_cluster, RedisCluster, $($name),*);
+    };
+}
+
+/// One module of tests on one backend.
+#[macro_export]
+macro_rules! on_backend {
+    ($module:ident, $backend:ident, $($name:ident),* $(,)?) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = $crate::common::Backend::$backend;
+                    if backend.available() {
+                        super::$name(backend).await
+                    }
+                }
+            )*
         }
     };
 }

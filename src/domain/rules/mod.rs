@@ -25,12 +25,7 @@ pub fn check_version(stored: &SessionContext, expected: u64) -> Result<(), Versi
 }
 
 /// Applies a PUT to `current` (or creates the session when `current` is `None`).
-pub fn apply_put(
-    current: Option<&SessionContext>,
-    session_id: &str,
-    req: &PutRequest,
-    now: Millis,
-) -> SessionContext {
+pub fn apply_put(current: Option<&SessionContext>, session_id: &str, req: &PutRequest, now: Millis) -> SessionContext {
     let mut next = match current {
         Some(stored) => {
             let mut next = stored.clone();
@@ -89,12 +84,7 @@ pub fn apply_patch(
 }
 
 /// Sets attribute `key` to `value`, overwriting an existing one.
-pub fn set_attribute(
-    current: &SessionContext,
-    key: &str,
-    value: &Value,
-    now: Millis,
-) -> SessionContext {
+pub fn set_attribute(current: &SessionContext, key: &str, value: &Value, now: Millis) -> SessionContext {
     let mut next = current.clone();
     next.context.insert(key.to_owned(), value.clone());
     next.touch(now);
@@ -102,11 +92,7 @@ pub fn set_attribute(
 }
 
 /// Removes attribute `key`; `None` when there was no such attribute (nothing changes).
-pub fn remove_attribute(
-    current: &SessionContext,
-    key: &str,
-    now: Millis,
-) -> Option<SessionContext> {
+pub fn remove_attribute(current: &SessionContext, key: &str, now: Millis) -> Option<SessionContext> {
     if !current.context.contains_key(key) {
         return None;
     }
@@ -118,10 +104,7 @@ pub fn remove_attribute(
 
 /// The customer whose saas-token a PUT needs: the body's `customerId` if it sets one, else the
 /// stored one; `None` when neither the stored session nor the request has a customer.
-pub fn saas_customer<'a>(
-    stored: Option<&'a SessionContext>,
-    req: &'a PutRequest,
-) -> Option<&'a str> {
+pub fn saas_customer<'a>(stored: Option<&'a SessionContext>, req: &'a PutRequest) -> Option<&'a str> {
     match req.change(TextField::CustomerId) {
         Some(FieldChange::Set(customer)) => Some(customer),
         _ => stored.and_then(|s| s.customer_id.as_deref()),

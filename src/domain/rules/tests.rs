@@ -40,10 +40,7 @@ fn put_context_replaces_the_whole_map() {
         context: Some(context.clone()),
         ..Default::default()
     };
-    assert_eq!(
-        apply_put(Some(&stored()), "s1", &req, 2_000).context,
-        context
-    );
+    assert_eq!(apply_put(Some(&stored()), "s1", &req, 2_000).context, context);
 }
 
 #[test]
@@ -70,10 +67,7 @@ fn patch_merges_context_key_by_key() {
         ..Default::default()
     };
     let next = apply_patch(Some(&stored()), "s1", None, &req, 2_000);
-    assert_eq!(
-        Value::Object(next.context),
-        json!({"b": {"x": true}, "c": [1, 2]})
-    );
+    assert_eq!(Value::Object(next.context), json!({"b": {"x": true}, "c": [1, 2]}));
     assert_eq!(next.metadata.version, 2);
 }
 
@@ -83,11 +77,7 @@ fn patch_with_null_context_clears_it() {
         context: Some(ContextPatch::Clear),
         ..Default::default()
     };
-    assert!(
-        apply_patch(Some(&stored()), "s1", None, &req, 2_000)
-            .context
-            .is_empty()
-    );
+    assert!(apply_patch(Some(&stored()), "s1", None, &req, 2_000).context.is_empty());
 }
 
 #[test]
@@ -108,10 +98,7 @@ fn removing_a_missing_attribute_changes_nothing() {
 #[test]
 fn version_check_reports_the_stored_version() {
     assert_eq!(check_version(&stored(), 1), Ok(()));
-    assert_eq!(
-        check_version(&stored(), 2),
-        Err(VersionMismatch { current: 1 })
-    );
+    assert_eq!(check_version(&stored(), 2), Err(VersionMismatch { current: 1 }));
 }
 
 #[test]
@@ -129,10 +116,7 @@ fn saas_customer_is_the_bodys_else_the_stored_one() {
     let untouched = PutRequest::default();
     assert_eq!(saas_customer(Some(&customer_session), &set), Some("C2"));
     assert_eq!(saas_customer(Some(&customer_session), &remove), Some("C1"));
-    assert_eq!(
-        saas_customer(Some(&customer_session), &untouched),
-        Some("C1")
-    );
+    assert_eq!(saas_customer(Some(&customer_session), &untouched), Some("C1"));
     assert_eq!(saas_customer(Some(&stored()), &untouched), None);
     assert_eq!(saas_customer(None, &set), Some("C2"));
 }

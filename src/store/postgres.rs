@@ -1,0 +1,186 @@
+//! `postgres://`: one row per session, shared by any number of service instances. The
+//! conditional write is one statement (`UPDATE ... WHERE version = $expected` or
+//! `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`), so there are no table locks and no
+//! lost updates. Migrations run at start under sqlx's advisory lock, so instances may start
+//! together. Every call is bounded by the statement timeout, also on the client side, so an
+//! unreachable database answers 503 instead of hanging.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::url::PostgresOptions;
+use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use crate::clock::Millis;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Sessions in a PostgreSQL table.
+pub struct PostgresStore {
+    pool: PgPool,
+    timeout: Duration,
+}
+
+impl PostgresStore {
+    /// Connects, and brings the schema up to date.
+    pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let statement_ms = options.statement_timeout.as_millis().to_string();
+        let connect = PgConnectOptions::from_str(&options.url)
+            .map_err(|e| StoreError::Backend(format!("invalid postgres URL: {e}")))?
+            .application_name("session-context")
+            .options([("statement_timeout", statement_ms.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size)
+            .acquire_timeout(options.connect_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(from_sqlx)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrations failed: {e}")))?;
+        Ok(PostgresStore {
+            pool,
+            // The client-side guard covers waiting for a connection plus the statement itself.
+            timeout: options.connect_timeout + options.statement_timeout,
+        })
+    }
+
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result.map_err(from_sqlx),
+            Err(_) => Err(StoreError::Unavailable("postgres did not answer in time".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
+        let row: Option<(i64, Option<i64>, String)> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT version, expires_at, doc FROM sessions
+                     WHERE tenant = $1 AND session_id = $2 AND (expires_at IS NULL OR expires_at > $3)",
+                )
+                .bind(&key.tenant)
+                .bind(&key.session_id)
+                .bind(now)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(|(version, expires_at, doc)| {
+            let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
+            Ok(StoredSession {
+                version,
+                expires_at,
+                doc,
+            })
+        })
+        .transpose()
+    }
+
+    async fn write(
+        &self,
+        key: &SessionKey,
+        expect: Expect,
+        record: &StoredSession,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let version = i64::try_from(record.version).map_err(|_| StoreError::Corrupt("version out of range".into()))?;
+        let query = match expect {
+            Expect::Version(expected) => sqlx::query(
+                "UPDATE sessions SET version = $3, expires_at = $4, doc = $5
+                 WHERE tenant = $1 AND session_id = $2 AND version = $6
+                   AND (expires_at IS NULL OR expires_at > $7)",
+            )
+            .bind(&key.tenant)
+            .bind(&key.session_id)
+            .bind(version)
+            .bind(record.expires_at)
+            .bind(&record.doc)
+            .bind(i64::try_from(expected).unwrap_or(-1))
+            .bind(now),
+            Expect::Absent => sqlx::query(
+                "INSERT INTO sessions (tenant, session_id, version, expires_at, doc)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (tenant, session_id) DO UPDATE
+                   SET version = EXCLUDED.version, expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc
+                 WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= $6",
+            )
+            .bind(&key.tenant)
+            .bind(&key.session_id)
+            .bind(version)
+            .bind(record.expires_at)
+            .bind(&record.doc)
+            .bind(now),
+        };
+        let done = self.bounded(query.execute(&self.pool)).await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
+        let removed: Option<(Option<i64>,)> = self
+            .bounded(
+                sqlx::query_as("DELETE FROM sessions WHERE tenant = $1 AND session_id = $2 RETURNING expires_at")
+                    .bind(&key.tenant)
+                    .bind(&key.session_id)
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
+        Ok(matches!(removed, Some((expires_at,)) if expires_at.is_none_or(|at| at > now)))
+    }
+
+    async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        // SKIP LOCKED: instances sweeping at once take different rows and never wait on each
+        // other or on a request that is updating one of them.
+        let done = self
+            .bounded(
+                sqlx::query(
+                    "DELETE FROM sessions WHERE (tenant, session_id) IN (
+                       SELECT tenant, session_id FROM sessions
+                       WHERE expires_at IS NOT NULL AND expires_at <= $1
+                       LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                )
+                .bind(now)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn from_sqlx(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // 08: connection exceptions, 53: insufficient resources, 57: operator
+            // intervention (shutdown, statement timeout), 40001/40P01: retryable conflicts.
+            if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code.starts_with("40") {
+                StoreError::Unavailable(err.to_string())
+            } else {
+                StoreError::Backend(err.to_string())
+            }
+        }
+        _ => StoreError::Backend(err.to_string()),
+    }
+}

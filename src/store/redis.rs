@@ -1,0 +1,211 @@
+//! `redis://` and `redis-cluster://`: one hash per session under `<prefix>:{<tenant>:<sessionId>}`,
+//! so a session never spans cluster slots. The check-and-write and the delete are Lua scripts on
+//! that one key (sent by hash, loaded on first use), hence atomic. Anonymous sessions get a
+//! native expiry (`PEXPIRE`), removed with `PERSIST` when a customer is set; the record's own
+//! expiry time is compared too, so a session is missing the moment it expires. Topology
+//! discovery, MOVED/ASK redirects and reconnects are the `redis` crate's work. No `KEYS`, `SCAN`
+//! or `RENAME` anywhere.
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, Script};
+
+use super::url::RedisOptions;
+use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use crate::clock::Millis;
+
+/// KEYS[1]: the session. ARGV: expectation ("absent" or "version"), expected version, now,
+/// new version, expires_at ("" = never), doc, ttl in ms from now.
+const WRITE: &str = r#"
+local stored = redis.call('HMGET', KEYS[1], 'v', 'e')
+local live = stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[3]))
+if ARGV[1] == 'absent' then
+  if live then return 0 end
+elseif not live or stored[1] ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6])
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[1], 'e')
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'e', ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
+return 1
+"#;
+
+/// KEYS[1]: the session. ARGV[1]: now. Returns 1 when a live session was removed.
+const DELETE: &str = r#"
+local stored = redis.call('HMGET', KEYS[1], 'v', 'e')
+redis.call('DEL', KEYS[1])
+if stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[1])) then return 1 end
+return 0
+"#;
+
+/// Sessions in Redis, over a single-server or a cluster connection.
+pub struct RedisStore<C> {
+    conn: C,
+    prefix: String,
+    write: Script,
+    delete: Script,
+}
+
+impl RedisStore<ConnectionManager> {
+    /// Connects to one Redis server (reconnecting by itself when it goes away).
+    pub async fn open_single(options: &RedisOptions) -> Result<Self, StoreError> {
+        let client = redis::Client::open(options.nodes[0].as_str()).map_err(from_redis)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(1);
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(from_redis)?;
+        Ok(Self::with(conn, options))
+    }
+}
+
+impl RedisStore<ClusterConnection> {
+    /// Connects to a Redis Cluster, discovering the topology from any listed node.
+    pub async fn open_cluster(options: &RedisOptions) -> Result<Self, StoreError> {
+        let client = ClusterClientBuilder::new(options.nodes.iter().map(String::as_str))
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout)
+            .retries(2)
+            .build()
+            .map_err(from_redis)?;
+        let conn = client.get_async_connection().await.map_err(from_redis)?;
+        Ok(Self::with(conn, options))
+    }
+}
+
+impl<C> RedisStore<C> {
+    fn with(conn: C, options: &RedisOptions) -> Self {
+        RedisStore {
+            conn,
+            prefix: options.prefix.clone(),
+            write: Script::new(WRITE),
+            delete: Script::new(DELETE),
+        }
+    }
+
+    /// The hash tag holds tenant and session id, so all of a session is in one slot.
+    fn key(&self, key: &SessionKey) -> String {
+        format!("{}:{{{}:{}}}", self.prefix, key.tenant, key.session_id)
+    }
+}
+
+#[async_trait]
+impl<C> SessionStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
+        let (version, expires_at, doc): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.key(key))
+            .arg(&["v", "e", "d"])
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(from_redis)?;
+        let (Some(version), Some(doc)) = (version, doc) else {
+            return Ok(None);
+        };
+        let version = version
+            .parse()
+            .map_err(|_| StoreError::Corrupt("version is not a number".into()))?;
+        let expires_at = expires_at
+            .map(|e| e.parse::<Millis>())
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("expiry is not a number".into()))?;
+        let record = StoredSession {
+            version,
+            expires_at,
+            doc,
+        };
+        Ok(record.is_live(now).then_some(record))
+    }
+
+    async fn write(
+        &self,
+        key: &SessionKey,
+        expect: Expect,
+        record: &StoredSession,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (kind, expected) = match expect {
+            Expect::Absent => ("absent", String::new()),
+            Expect::Version(v) => ("version", v.to_string()),
+        };
+        let (expires_at, ttl) = match record.expires_at {
+            // The native expiry is relative, so it does not depend on the clocks of Redis
+            // and of this instance agreeing.
+            Some(at) => (at.to_string(), at.saturating_sub(now).max(1).to_string()),
+            None => (String::new(), String::new()),
+        };
+        let written: i64 = self
+            .write
+            .key(self.key(key))
+            .arg(kind)
+            .arg(expected)
+            .arg(now)
+            .arg(record.version)
+            .arg(expires_at)
+            .arg(&record.doc)
+            .arg(ttl)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(from_redis)?;
+        if written == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
+        let removed: i64 = self
+            .delete
+            .key(self.key(key))
+            .arg(now)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(from_redis)?;
+        Ok(removed == 1)
+    }
+
+    /// Redis removes expired sessions itself (each anonymous session carries a native expiry),
+    /// so there is nothing to sweep: always 0.
+    async fn sweep_expired(&self, _now: Millis, _limit: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn.clone())
+            .await
+            .map(|_| ())
+            .map_err(from_redis)
+    }
+}
+
+fn from_redis(err: RedisError) -> StoreError {
+    let transient = err.is_timeout()
+        || err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_cluster_error()
+        || err.is_unrecoverable_error()
+        || matches!(
+            err.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN")
+        );
+    if transient {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Backend(err.to_string())
+    }
+}
