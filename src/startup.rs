@@ -71,14 +71,14 @@ where
     }
 }
 
-/// Removes expired sessions every `interval` until `stop` turns true.
+/// Removes expired sessions about every `interval` until `stop` turns true. Each wait is
+/// jittered (0.75 to 1.25 times the interval) so that many instances sharing one store do not
+/// all sweep at the same moment.
 pub fn spawn_sweeper(state: AppState, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => {}
+                () = tokio::time::sleep(jittered(interval)) => {}
                 _ = stop.wait_for(|stopped| *stopped) => return,
             }
             match state.sessions.sweep(SWEEP_BATCH).await {
@@ -91,6 +91,11 @@ pub fn spawn_sweeper(state: AppState, interval: Duration, mut stop: watch::Recei
             }
         }
     })
+}
+
+fn jittered(interval: Duration) -> Duration {
+    let unit = f64::from(getrandom::u32().unwrap_or(u32::MAX / 2)) / f64::from(u32::MAX);
+    interval.mul_f64(0.75 + unit / 2.0)
 }
 
 /// Runs the service as `session-context serve` does, until SIGTERM or SIGINT.

@@ -1,94 +1,18 @@
 //! The real binary, as an operator runs it: start, serve over HTTP, stop with SIGTERM, crash
 //! with SIGKILL in the middle of a write load and find every acknowledged write after a restart.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::server::{BIN, Server};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_session-context");
 const SECRET: &str = "binary-test-secret-binary-test-secret";
-
-/// A running `session-context serve`.
-struct Server {
-    child: Child,
-    base: String,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut command = Command::new(BIN);
-        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("SESSION_CONTEXT_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            // Keep draining the log so the server never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("address=").nth(1) {
-                    let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
-        let (out_tx, out_rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = out_tx.send(line);
-            }
-        });
-        let address = addr_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the server logs its address");
-        Server {
-            child,
-            base: format!("http://{address}"),
-            stdout: out_rx,
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the server did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn token(args: &[&str]) -> String {
     let output = Command::new(BIN)

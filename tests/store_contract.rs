@@ -74,13 +74,21 @@ async fn versioned_write_of_a_missing_session_conflicts(backend: Backend) {
 async fn expired_sessions_are_missing_at_once(backend: Backend) {
     let (store, _dir) = open_store(backend).await;
     let end = NOW + 60_000;
-    store.write(&key("s"), Expect::Absent, &record(4, Some(end), "old"), NOW).await.unwrap();
+    store
+        .write(&key("s"), Expect::Absent, &record(4, Some(end), "old"), NOW)
+        .await
+        .unwrap();
     assert!(store.load(&key("s"), end - 1).await.unwrap().is_some());
     assert_eq!(store.load(&key("s"), end).await.unwrap(), None);
     // an expired record cannot be updated, only created anew
-    let update = store.write(&key("s"), Expect::Version(4), &record(5, None, "x"), end).await;
+    let update = store
+        .write(&key("s"), Expect::Version(4), &record(5, None, "x"), end)
+        .await;
     assert!(matches!(update, Err(StoreError::Conflict)));
-    store.write(&key("s"), Expect::Absent, &record(1, None, "new"), end).await.unwrap();
+    store
+        .write(&key("s"), Expect::Absent, &record(1, None, "new"), end)
+        .await
+        .unwrap();
     assert_eq!(store.load(&key("s"), end).await.unwrap(), Some(record(1, None, "new")));
 }
 
@@ -110,7 +118,10 @@ async fn sweep_removes_expired_records_in_batches(backend: Backend) {
     }
     let fresh = record(1, Some(NOW + 60_000), "x");
     store.write(&key("fresh"), Expect::Absent, &fresh, NOW).await.unwrap();
-    store.write(&key("forever"), Expect::Absent, &record(1, None, "x"), NOW).await.unwrap();
+    store
+        .write(&key("forever"), Expect::Absent, &record(1, None, "x"), NOW)
+        .await
+        .unwrap();
     let mut swept = Vec::new();
     loop {
         let removed = store.sweep_expired(NOW, 3).await.unwrap();
@@ -129,12 +140,19 @@ async fn sweep_removes_expired_records_in_batches(backend: Backend) {
     for i in 0..5 {
         // Loading as of before the expiry would still find a record that was only hidden.
         let id = format!("old{i}");
-        assert_eq!(store.load(&key(&id), NOW - 100).await.unwrap(), None, "{id} was not removed");
+        assert_eq!(
+            store.load(&key(&id), NOW - 100).await.unwrap(),
+            None,
+            "{id} was not removed"
+        );
     }
     assert!(store.load(&key("fresh"), NOW).await.unwrap().is_some());
     assert!(store.load(&key("forever"), NOW).await.unwrap().is_some());
     // the swept ones are really gone: they can be created anew from scratch
-    store.write(&key("old0"), Expect::Absent, &record(1, None, "again"), NOW).await.unwrap();
+    store
+        .write(&key("old0"), Expect::Absent, &record(1, None, "again"), NOW)
+        .await
+        .unwrap();
 }
 
 async fn tenants_never_share_a_session(backend: Backend) {

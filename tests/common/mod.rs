@@ -2,6 +2,9 @@
 //! and a one-call request helper.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod proxy;
+pub mod server;
+
 use std::sync::Arc;
 use std::time::Duration;
 
