@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::proxy::Proxy;
-use common::server::{context_url, outage_and_recovery, read, start};
+use common::server::{Server, context_url, outage_and_recovery, read, start};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -148,3 +148,27 @@ on_backend!(
     Redis,
     a_store_behind_a_closed_port_gives_503_then_recovers
 );
+
+async fn instances_starting_together_migrate_once(backend: Backend) {
+    let url = namespaced_url(backend).await;
+    // Three processes on a fresh, empty schema at the same moment: the migration lock makes
+    // them take turns, and all of them come up.
+    let servers: Vec<Server> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3).map(|_| scope.spawn(|| start(&url))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("the instance starts"))
+            .collect()
+    });
+    let client = reqwest::Client::new();
+    for server in &servers {
+        let ready = client
+            .get(format!("{}/health/ready", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::OK);
+    }
+}
+
+on_backend!(postgres_migrations, Postgres, instances_starting_together_migrate_once);

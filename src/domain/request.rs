@@ -70,18 +70,8 @@ pub fn read_put(body: &Map<String, Value>, path_session_id: &str) -> Result<PutR
         )),
     }
     let fields = read_text_fields(body, &TextField::ALL, &mut errors);
-    let context = match body.get("context") {
-        None => None,
-        Some(Value::Null) => Some(Map::new()),
-        Some(Value::Object(map)) => {
-            check_attribute_names(map, &mut errors);
-            Some(map.clone())
-        }
-        Some(_) => {
-            errors.push(FieldError::new("context", "invalid_type", "context must be an object"));
-            None
-        }
-    };
+    // `null` empties the map: `context` is always present.
+    let context = read_context(body, &mut errors).map(Option::unwrap_or_default);
     let version = read_version(body, &mut errors);
     finish(
         errors,
@@ -98,18 +88,7 @@ pub fn read_put(body: &Map<String, Value>, path_session_id: &str) -> Result<PutR
 pub fn read_patch(body: &Map<String, Value>) -> Result<PatchRequest, Vec<FieldError>> {
     let mut errors = Vec::new();
     let fields = read_text_fields(body, &TextField::PATCHABLE, &mut errors);
-    let context = match body.get("context") {
-        None => None,
-        Some(Value::Null) => Some(ContextPatch::Clear),
-        Some(Value::Object(map)) => {
-            check_attribute_names(map, &mut errors);
-            Some(ContextPatch::Merge(map.clone()))
-        }
-        Some(_) => {
-            errors.push(FieldError::new("context", "invalid_type", "context must be an object"));
-            None
-        }
-    };
+    let context = read_context(body, &mut errors).map(|c| c.map_or(ContextPatch::Clear, ContextPatch::Merge));
     let version = read_version(body, &mut errors);
     finish(
         errors,
@@ -182,11 +161,23 @@ fn read_text_fields(
     fields
 }
 
-fn check_attribute_names(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
-    for key in map.keys() {
-        if let Err(mut e) = validate::attribute_name("context", key) {
-            e.message = format!("context keys: {}", e.message);
-            errors.push(e);
+/// `context` as sent: `None` when absent (or invalid, with the error recorded), `Some(None)`
+/// for `null`, `Some(Some(map))` for an object whose keys pass the attribute-name rule.
+fn read_context(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Option<Map<String, Value>>> {
+    match body.get("context")? {
+        Value::Null => Some(None),
+        Value::Object(map) => {
+            for key in map.keys() {
+                if let Err(mut e) = validate::attribute_name("context", key) {
+                    e.message = format!("context keys: {}", e.message);
+                    errors.push(e);
+                }
+            }
+            Some(Some(map.clone()))
+        }
+        _ => {
+            errors.push(FieldError::new("context", "invalid_type", "context must be an object"));
+            None
         }
     }
 }

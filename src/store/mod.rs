@@ -50,10 +50,25 @@ pub struct StoredSession {
 }
 
 impl StoredSession {
+    /// A record as SQL stores it (versions are signed 64-bit integers there).
+    pub fn from_sql(version: i64, expires_at: Option<Millis>, doc: String) -> Result<Self, StoreError> {
+        let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
+        Ok(StoredSession {
+            version,
+            expires_at,
+            doc,
+        })
+    }
+
     /// Whether the record is still alive at `now`.
     pub fn is_live(&self, now: Millis) -> bool {
         self.expires_at.is_none_or(|at| at > now)
     }
+}
+
+/// A version as SQL stores it.
+pub fn sql_version(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::Corrupt("version out of range".into()))
 }
 
 /// The condition a write is made under.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::url::PostgresOptions;
-use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
 use crate::clock::Millis;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -72,15 +72,8 @@ impl SessionStore for PostgresStore {
                 .fetch_optional(&self.pool),
             )
             .await?;
-        row.map(|(version, expires_at, doc)| {
-            let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
-            Ok(StoredSession {
-                version,
-                expires_at,
-                doc,
-            })
-        })
-        .transpose()
+        row.map(|(version, expires_at, doc)| StoredSession::from_sql(version, expires_at, doc))
+            .transpose()
     }
 
     async fn write(
@@ -90,7 +83,7 @@ impl SessionStore for PostgresStore {
         record: &StoredSession,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let version = i64::try_from(record.version).map_err(|_| StoreError::Corrupt("version out of range".into()))?;
+        let version = sql_version(record.version)?;
         let query = match expect {
             Expect::Version(expected) => sqlx::query(
                 "UPDATE sessions SET version = $3, expires_at = $4, doc = $5
@@ -102,7 +95,7 @@ impl SessionStore for PostgresStore {
             .bind(version)
             .bind(record.expires_at)
             .bind(&record.doc)
-            .bind(i64::try_from(expected).unwrap_or(-1))
+            .bind(sql_version(expected).unwrap_or(-1))
             .bind(now),
             Expect::Absent => sqlx::query(
                 "INSERT INTO sessions (tenant, session_id, version, expires_at, doc)

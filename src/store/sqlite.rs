@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
-use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
 use crate::clock::Millis;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -120,15 +120,8 @@ impl SessionStore for SqliteStore {
                     .optional()
                 })
                 .map_err(from_sqlite)?;
-            row.map(|(version, expires_at, doc)| {
-                let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
-                Ok(StoredSession {
-                    version,
-                    expires_at,
-                    doc,
-                })
-            })
-            .transpose()
+            row.map(|(version, expires_at, doc)| StoredSession::from_sql(version, expires_at, doc))
+                .transpose()
         })
         .await
     }
@@ -141,7 +134,7 @@ impl SessionStore for SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let (key, record) = (key.clone(), record.clone());
-        let version = to_sql_version(record.version)?;
+        let version = sql_version(record.version)?;
         self.with_writer(move |conn| {
             let changed = match expect {
                 Expect::Version(expected) => conn
@@ -157,7 +150,7 @@ impl SessionStore for SqliteStore {
                             version,
                             record.expires_at,
                             record.doc,
-                            to_sql_version(expected).unwrap_or(-1),
+                            sql_version(expected).unwrap_or(-1),
                             now
                         ])
                     }),
@@ -258,15 +251,15 @@ where
         .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
 }
 
-fn to_sql_version(version: u64) -> Result<i64, StoreError> {
-    i64::try_from(version).map_err(|_| StoreError::Corrupt("version out of range".into()))
-}
-
 fn from_sqlite(err: rusqlite::Error) -> StoreError {
     match err.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) => {
-            StoreError::Unavailable(err.to_string())
-        }
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure,
+        ) => StoreError::Unavailable(err.to_string()),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(err.to_string()),
         _ => StoreError::Backend(err.to_string()),
     }
