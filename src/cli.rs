@@ -98,6 +98,18 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_CONTEXT_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
 
+    /// Most connections open at once; more wait until one closes.
+    #[arg(long, env = "SESSION_CONTEXT_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Longest a client may take to send a request's headers before it is disconnected.
+    #[arg(long, env = "SESSION_CONTEXT_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Longest one request may take, body upload included (408 beyond).
+    #[arg(long, env = "SESSION_CONTEXT_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// How often expired sessions are swept from storage.
     #[arg(long, env = "SESSION_CONTEXT_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,

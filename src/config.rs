@@ -17,6 +17,9 @@ pub struct Settings {
     /// Lifetime of anonymous sessions; `None` = never expire.
     pub anonymous_ttl: Option<Duration>,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
     pub sweep_interval: Duration,
     /// In `--dev` mode, the secret to print demo tokens with.
     pub dev_secret: Option<Vec<u8>>,
@@ -54,8 +57,17 @@ impl Settings {
         if args.max_body_bytes == 0 {
             return Err("--max-body-bytes must be greater than 0".into());
         }
-        if args.sweep_interval.is_zero() {
-            return Err("--sweep-interval must be greater than 0".into());
+        for (flag, value) in [
+            ("--sweep-interval", args.sweep_interval),
+            ("--header-timeout", args.header_timeout),
+            ("--request-timeout", args.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be greater than 0"));
+            }
+        }
+        if args.max_connections == 0 {
+            return Err("--max-connections must be greater than 0".into());
         }
         Ok(Settings {
             listen: args.listen,
@@ -74,6 +86,9 @@ impl Settings {
             },
             anonymous_ttl: (!args.anonymous_ttl.is_zero()).then_some(args.anonymous_ttl),
             max_body_bytes: args.max_body_bytes,
+            max_connections: args.max_connections,
+            header_timeout: args.header_timeout,
+            request_timeout: args.request_timeout,
             sweep_interval: args.sweep_interval,
             dev_secret,
         })

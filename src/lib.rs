@@ -1,7 +1,8 @@
 //! session-context: a self-hostable service that speaks the Emporix Session-context API.
 //!
 //! - [`cli`] parses the command line (`serve`, `token`); [`config`] turns it into one typed
-//!   [`config::Settings`]; [`startup`] builds the state, binds and serves (used by `main` and tests).
+//!   [`config::Settings`]; [`startup`] builds the state, binds and serves (used by `main` and tests);
+//!   [`connections`] is the accept loop with its connection cap and header deadline.
 //! - [`domain`] holds the session context and every rule of the contract as pure functions.
 //! - [`service`] runs the use cases: load, apply a domain rule, write only if nobody else wrote.
 //! - [`store`] is the narrow storage trait and its backends (memory, SQLite), one file each.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod http;
 pub mod service;

@@ -1,11 +1,9 @@
 //! Starting and stopping: build the state from [`Settings`], bind, serve until a shutdown
 //! signal, sweep expired sessions in the background. `main` and the tests share this code.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -14,6 +12,7 @@ use crate::auth::Verifier;
 use crate::auth::mint::{TokenSpec, mint_hs256};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
+use crate::connections::{self, ConnectionLimits};
 use crate::http::metrics::Metrics;
 use crate::http::{self, AppState};
 use crate::service::Sessions;
@@ -39,36 +38,6 @@ pub async fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<A
         Arc::new(verifier),
         Arc::new(Metrics::default()),
     ))
-}
-
-/// Serves `app` on `listener` until `shutdown` completes, then lets requests in flight finish
-/// (for at most a few seconds).
-pub async fn serve<F>(listener: TcpListener, app: Router, shutdown: F) -> std::io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let graceful = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
-    };
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-    tokio::select! {
-        result = server => result,
-        () = async {
-            let _ = stop_rx.wait_for(|stopped| *stopped).await;
-            tokio::time::sleep(DRAIN_DEADLINE).await;
-        } => {
-            tracing::warn!("requests still in flight after the drain deadline; stopping anyway");
-            Ok(())
-        }
-    }
 }
 
 /// Removes expired sessions about every `interval` until `stop` turns true. Each wait is
@@ -111,12 +80,17 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = spawn_sweeper(state.clone(), settings.sweep_interval, stop_rx);
-    let app = http::router(state, settings.max_body_bytes);
-    let served = serve(listener, app, shutdown_signal()).await;
+    let app = http::router(state, settings.max_body_bytes, settings.request_timeout);
+    let limits = ConnectionLimits {
+        max_connections: settings.max_connections,
+        header_timeout: settings.header_timeout,
+        drain_deadline: DRAIN_DEADLINE,
+    };
+    connections::serve(listener, app, limits, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     tracing::info!("session-context stopped");
-    served.map_err(|e| format!("the server failed: {e}"))
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT.

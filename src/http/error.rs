@@ -32,6 +32,8 @@ pub enum ErrorKind {
     RouteNotFound,
     /// 405: the route exists, the method does not.
     MethodNotAllowed,
+    /// 408: the request (headers and body) took longer than the request timeout.
+    RequestTimeout,
     /// 409: `metadata.version` is not the stored version.
     VersionConflict { current: u64 },
     /// 412: `If-Match` is not the stored version.
@@ -100,6 +102,7 @@ impl ApiError {
             ErrorKind::Forbidden { .. } => StatusCode::FORBIDDEN,
             ErrorKind::SessionNotFound | ErrorKind::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::VersionConflict { .. } => StatusCode::CONFLICT,
             ErrorKind::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,6 +123,12 @@ impl ApiError {
             ErrorKind::MethodNotAllowed => (
                 "method_not_allowed",
                 "This method is not allowed on this resource".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::RequestTimeout => (
+                "request_timeout",
+                "The request took too long to arrive or to answer".into(),
                 None,
                 vec![],
             ),

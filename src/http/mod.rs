@@ -13,9 +13,11 @@ pub mod openapi;
 pub mod ops;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::Next;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -70,13 +72,20 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole application, ready to serve. `max_body_bytes` bounds request bodies (413 past it).
-pub fn router(mut state: AppState, max_body_bytes: usize) -> Router {
+/// The whole application, ready to serve. `max_body_bytes` bounds request bodies (413 past
+/// it); `request_timeout` bounds each request, body upload included (408 past it).
+pub fn router(mut state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
     let (routes, doc) = api();
     state.openapi = Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into()));
     routes
         .fallback(|| async { ApiError::from(ErrorKind::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError::from(ErrorKind::MethodNotAllowed) })
+        .layer(axum::middleware::from_fn(move |request: Request, next: Next| async move {
+            match tokio::time::timeout(request_timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::from(ErrorKind::RequestTimeout).into_response(),
+            }
+        }))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {

@@ -152,7 +152,7 @@ impl TestApp {
         .expect("test keys are valid");
         let state = AppState::new(sessions, Arc::new(verifier), Arc::new(Metrics::default()));
         TestApp {
-            router: http::router(state.clone(), max_body_bytes),
+            router: http::router(state.clone(), max_body_bytes, Duration::from_secs(30)),
             state,
             clock,
             store,
