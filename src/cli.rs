@@ -23,6 +23,36 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print a signed HS256 token (for tests, demos and scripts).
     Token(TokenArgs),
+    /// Fill a store with generated sessions (for benchmarks and load tests).
+    Seed(SeedArgs),
+}
+
+/// Flags of `session-context seed`.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// The store to fill, as for `serve --store`.
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_STORE",
+        default_value = "sqlite://./data/session-context.db"
+    )]
+    pub store: StoreUrl,
+
+    /// The tenant of the sessions.
+    #[arg(long)]
+    pub tenant: String,
+
+    /// How many sessions: PREFIX1 to PREFIX<count>; existing ones are left alone.
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+
+    /// Session ids start with this.
+    #[arg(long, default_value = "bench-")]
+    pub prefix: String,
+
+    /// About how large each session's JSON is, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub bytes: usize,
 }
 
 /// Flags of `session-context serve`.

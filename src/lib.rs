@@ -8,6 +8,7 @@
 //! - [`store`] is the narrow storage trait and its backends (memory, SQLite), one file each.
 //! - [`auth`] verifies access tokens and saas-tokens; [`http`] is the router, the extractors
 //!   that turn tokens into principals, the handlers and the error body.
+//! - [`seed`] fills a store with generated sessions for benchmarks and load tests.
 //! - [`clock`] is the time source, injectable so expiry can be tested without sleeping.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod connections;
 pub mod domain;
 pub mod http;
+pub mod seed;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             },
         )
         .map(|token| println!("{token}")),
+        Command::Seed(args) => seed(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,6 +36,26 @@ fn main() -> ExitCode {
     }
 }
 
+fn seed(args: session_context::cli::SeedArgs) -> Result<(), String> {
+    let runtime = runtime()?;
+    let written = runtime.block_on(session_context::seed::seed(
+        &args.store,
+        &args.tenant,
+        &args.prefix,
+        args.count,
+        args.bytes,
+    ))?;
+    println!("seeded {written} sessions ({} already there)", args.count - written);
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 fn serve(args: session_context::cli::ServeArgs) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -42,9 +63,5 @@ fn serve(args: session_context::cli::ServeArgs) -> Result<(), String> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let settings = Settings::from_args(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(session_context::startup::run(settings))
+    runtime()?.block_on(session_context::startup::run(settings))
 }

@@ -39,7 +39,10 @@ fn a_client_that_trickles_its_headers_is_disconnected() {
     stream.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n").unwrap();
     let answer = read_all(&mut stream);
     let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(5), "the connection stayed open for {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the connection stayed open for {waited:?}"
+    );
     assert!(!answer.contains("200 OK"), "{answer}");
 }
 
@@ -58,7 +61,11 @@ async fn clients_at_the_connection_cap_do_not_starve_others() {
         .await
         .expect("a normal client is served once the slow ones are cut off");
     assert_eq!(live.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::middleware::Next;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
@@ -80,12 +80,14 @@ pub fn router(mut state: AppState, max_body_bytes: usize, request_timeout: Durat
     routes
         .fallback(|| async { ApiError::from(ErrorKind::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError::from(ErrorKind::MethodNotAllowed) })
-        .layer(axum::middleware::from_fn(move |request: Request, next: Next| async move {
-            match tokio::time::timeout(request_timeout, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => ApiError::from(ErrorKind::RequestTimeout).into_response(),
-            }
-        }))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| async move {
+                match tokio::time::timeout(request_timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::from(ErrorKind::RequestTimeout).into_response(),
+                }
+            },
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {

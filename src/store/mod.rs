@@ -81,7 +81,7 @@ pub enum Expect {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The write's condition did not hold: someone else wrote first.
     #[error("the stored record did not match the expected state")]

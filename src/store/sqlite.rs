@@ -1,16 +1,20 @@
 //! `sqlite://PATH`: an embedded database in one file, in WAL mode with `synchronous=FULL`, so
 //! that every acknowledged write is on disk before the answer leaves (it survives `kill -9`
-//! and power loss). One connection writes, a pool of connections reads; all calls run on
-//! tokio's blocking threads. The conditional write is a single `UPDATE ... WHERE version = ?`
-//! or `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`.
+//! and power loss). Reads use a pool of connections on tokio's blocking threads. Writes go to
+//! one writer thread that commits them in groups: it takes every write waiting for it, runs
+//! them in one transaction and answers them all after one commit, so many concurrent writers
+//! share one fsync instead of queueing for one each. Each write in a group is still its own
+//! conditional statement (`UPDATE ... WHERE version = ?` or `INSERT ... ON CONFLICT DO UPDATE
+//! ... WHERE expired`), applied in arrival order.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
 use crate::clock::Millis;
@@ -28,9 +32,33 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
 
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
 
+/// Most writes committed together; bounds how long one commit holds the others.
+const MAX_GROUP: usize = 256;
+
+/// A change for the writer thread. Every answer is a count: 0 or 1 for a write or a delete
+/// (1 = done, or removed a live session), the number removed for a sweep.
+enum Change {
+    Write {
+        key: SessionKey,
+        expect: Expect,
+        record: StoredSession,
+        now: Millis,
+    },
+    Delete {
+        key: SessionKey,
+        now: Millis,
+    },
+    Sweep {
+        now: Millis,
+        limit: i64,
+    },
+}
+
+type Reply = oneshot::Sender<Result<usize, StoreError>>;
+
 /// Sessions in an SQLite file.
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
+    writer: mpsc::Sender<(Change, Reply)>,
     readers: r2d2::Pool<SqliteConnectionManager>,
 }
 
@@ -62,26 +90,26 @@ impl SqliteStore {
             .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (sender, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_in_groups(writer, receiver))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: sender,
             readers,
         })
     }
 
-    /// Runs `f` on the writing connection, on a blocking thread.
-    async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let writer = Arc::clone(&self.writer);
-        run_blocking(move || {
-            // A panic inside rusqlite cannot leave a transaction half-applied on disk,
-            // so a poisoned lock still guards a usable connection.
-            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
+    /// Hands `change` to the writer thread and waits for its commit.
+    async fn change(&self, change: Change) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send((change, reply))
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the SQLite writer dropped a change".into()))?
     }
 
     /// Runs `f` on a pooled reading connection, on a blocking thread.
@@ -133,83 +161,27 @@ impl SessionStore for SqliteStore {
         record: &StoredSession,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let (key, record) = (key.clone(), record.clone());
-        let version = sql_version(record.version)?;
-        self.with_writer(move |conn| {
-            let changed = match expect {
-                Expect::Version(expected) => conn
-                    .prepare_cached(
-                        "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5
-                         WHERE tenant = ?1 AND session_id = ?2 AND version = ?6
-                           AND (expires_at IS NULL OR expires_at > ?7)",
-                    )
-                    .and_then(|mut stmt| {
-                        stmt.execute(params![
-                            key.tenant,
-                            key.session_id,
-                            version,
-                            record.expires_at,
-                            record.doc,
-                            sql_version(expected).unwrap_or(-1),
-                            now
-                        ])
-                    }),
-                Expect::Absent => conn
-                    .prepare_cached(
-                        "INSERT INTO sessions (tenant, session_id, version, expires_at, doc)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (tenant, session_id) DO UPDATE
-                           SET version = excluded.version, expires_at = excluded.expires_at, doc = excluded.doc
-                         WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?6",
-                    )
-                    .and_then(|mut stmt| {
-                        stmt.execute(params![
-                            key.tenant,
-                            key.session_id,
-                            version,
-                            record.expires_at,
-                            record.doc,
-                            now
-                        ])
-                    }),
-            }
-            .map_err(from_sqlite)?;
-            if changed == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::Conflict)
-            }
-        })
-        .await
+        sql_version(record.version)?;
+        let change = Change::Write {
+            key: key.clone(),
+            expect,
+            record: record.clone(),
+            now,
+        };
+        match self.change(change).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
+        }
     }
 
     async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
-        let key = key.clone();
-        self.with_writer(move |conn| {
-            let removed: Option<Option<i64>> = conn
-                .prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 RETURNING expires_at")
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![key.tenant, key.session_id], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(from_sqlite)?;
-            Ok(matches!(removed, Some(expires_at) if expires_at.is_none_or(|at| at > now)))
-        })
-        .await
+        let change = Change::Delete { key: key.clone(), now };
+        Ok(self.change(change).await? == 1)
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_writer(move |conn| {
-            conn.prepare_cached(
-                "DELETE FROM sessions WHERE (tenant, session_id) IN (
-                   SELECT tenant, session_id FROM sessions
-                   WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
-            )
-            .and_then(|mut stmt| stmt.execute(params![now, limit]))
-            .map_err(from_sqlite)
-        })
-        .await
+        self.change(Change::Sweep { now, limit }).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -218,9 +190,120 @@ impl SessionStore for SqliteStore {
     }
 }
 
+/// The writer thread: waits for a change, takes every other change already waiting (up to
+/// `MAX_GROUP`), commits them in one transaction and answers each. Ends when the store is
+/// dropped.
+fn write_in_groups(mut conn: Connection, changes: mpsc::Receiver<(Change, Reply)>) {
+    while let Ok(first) = changes.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match changes.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        match commit_group(&mut conn, &group) {
+            Ok(counts) => {
+                for ((_, reply), count) in group.into_iter().zip(counts) {
+                    let _ = reply.send(count);
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was committed: every change in it failed.
+                tracing::error!(error = %e, size = group.len(), "an SQLite group commit failed");
+                for (_, reply) in group {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a group in one transaction. A change whose condition does not hold answers
+/// `Ok(0)` and leaves the others alone; any real error rolls the whole group back.
+fn commit_group(
+    conn: &mut Connection,
+    group: &[(Change, Reply)],
+) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(from_sqlite)?;
+    let mut counts = Vec::with_capacity(group.len());
+    for (change, _) in group {
+        counts.push(Ok(apply(&tx, change)?));
+    }
+    tx.commit().map_err(from_sqlite)?;
+    Ok(counts)
+}
+
+fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
+    match change {
+        Change::Write {
+            key,
+            expect: Expect::Version(expected),
+            record,
+            now,
+        } => conn
+            .prepare_cached(
+                "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5
+                 WHERE tenant = ?1 AND session_id = ?2 AND version = ?6
+                   AND (expires_at IS NULL OR expires_at > ?7)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    key.tenant,
+                    key.session_id,
+                    sql_version(record.version).unwrap_or(i64::MAX),
+                    record.expires_at,
+                    record.doc,
+                    sql_version(*expected).unwrap_or(-1),
+                    now
+                ])
+            }),
+        Change::Write {
+            key,
+            expect: Expect::Absent,
+            record,
+            now,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO sessions (tenant, session_id, version, expires_at, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, session_id) DO UPDATE
+                   SET version = excluded.version, expires_at = excluded.expires_at, doc = excluded.doc
+                 WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?6",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    key.tenant,
+                    key.session_id,
+                    sql_version(record.version).unwrap_or(i64::MAX),
+                    record.expires_at,
+                    record.doc,
+                    now
+                ])
+            }),
+        Change::Delete { key, now } => conn
+            .prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 RETURNING expires_at")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![key.tenant, key.session_id], |r| r.get::<_, Option<i64>>(0))
+                    .optional()
+            })
+            .map(|removed| usize::from(matches!(removed, Some(at) if at.is_none_or(|at| at > *now)))),
+        Change::Sweep { now, limit } => conn
+            .prepare_cached(
+                "DELETE FROM sessions WHERE (tenant, session_id) IN (
+                   SELECT tenant, session_id FROM sessions
+                   WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![now, limit])),
+    }
+    .map_err(from_sqlite)
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(from_sqlite)?;
     let applied: usize = tx
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
