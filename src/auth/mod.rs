@@ -5,8 +5,13 @@
 mod keys;
 pub mod mint;
 
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use quick_cache::sync::Cache;
 use serde_json::{Map, Value};
+
+use crate::clock::{Clock, SystemClock};
 
 pub use keys::{KeySet, KeySource, MIN_SECRET_BYTES};
 
@@ -73,12 +78,25 @@ impl AccessClaims {
 #[error("invalid token: {0}")]
 pub struct InvalidToken(pub String);
 
+/// How many verified access tokens are remembered.
+const VERIFIED_TOKENS: usize = 16_384;
+
+/// A verified access token's claims and when it expires (seconds since the epoch).
+struct Verified {
+    claims: Arc<AccessClaims>,
+    expires_at: i64,
+}
+
 /// Verifies access tokens and saas-tokens.
 pub struct Verifier {
     access: KeySet,
     saas: KeySet,
     validations: Vec<(Algorithm, Validation)>,
     claims: ClaimNames,
+    /// Storefronts send the same token with every request: remembering a verified token (by
+    /// its exact text) saves the signature check and the JSON parsing on all but the first.
+    /// Only tokens that verified are kept, and their expiry is checked on every use.
+    verified: Cache<String, Arc<Verified>>,
 }
 
 impl Verifier {
@@ -98,12 +116,32 @@ impl Verifier {
             saas,
             validations,
             claims: settings.claims.clone(),
+            verified: Cache::new(VERIFIED_TOKENS),
         })
     }
 
     /// Verifies an access token and reads its claims.
-    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
-        let claims = self.verify(&self.access, token)?;
+    pub fn verify_access(&self, token: &str) -> Result<Arc<AccessClaims>, InvalidToken> {
+        let now = SystemClock.now() / 1000;
+        if let Some(known) = self.verified.get(token) {
+            if known.expires_at > now {
+                return Ok(Arc::clone(&known.claims));
+            }
+            return Err(InvalidToken("the token has expired".into()));
+        }
+        let raw = self.verify(&self.access, token)?;
+        let claims = Arc::new(self.read_access_claims(&raw));
+        // `exp` is required, so a verified token always has one.
+        let expires_at = raw.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        let verified = Verified {
+            claims: Arc::clone(&claims),
+            expires_at,
+        };
+        self.verified.insert(token.to_owned(), Arc::new(verified));
+        Ok(claims)
+    }
+
+    fn read_access_claims(&self, claims: &Map<String, Value>) -> AccessClaims {
         let names = &self.claims;
         let mut scopes: Vec<String> = match claims.get(&names.scope) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
@@ -114,14 +152,14 @@ impl Verifier {
             .iter()
             .filter_map(|s| s.strip_prefix("tenant=").map(str::to_owned))
             .collect();
-        tenants.extend(string_claim(&claims, &names.tenant));
+        tenants.extend(string_claim(claims, &names.tenant));
         scopes.retain(|s| !s.starts_with("tenant="));
-        Ok(AccessClaims {
+        AccessClaims {
             tenants,
             scopes,
-            session_id: string_claim(&claims, &names.session_id),
-            customer_id: string_claim(&claims, &names.customer_id).or_else(|| string_claim(&claims, "sub")),
-        })
+            session_id: string_claim(claims, &names.session_id),
+            customer_id: string_claim(claims, &names.customer_id).or_else(|| string_claim(claims, "sub")),
+        }
     }
 
     /// Verifies a saas-token and returns the customer it speaks for (its `sub`).

@@ -210,3 +210,20 @@ fn base64_url(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
+
+#[test]
+fn a_remembered_token_still_expires() {
+    let verifier = hs_verifier();
+    let token = sign(
+        Header::default(),
+        json!({"exp": now() + 1, "tenant": "shop"}),
+        &EncodingKey::from_secret(SECRET),
+    );
+    assert!(verifier.verify_access(&token).is_ok());
+    assert!(
+        verifier.verify_access(&token).is_ok(),
+        "the second use is answered from memory"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(verifier.verify_access(&token).is_err(), "a remembered token expired");
+}

@@ -3,6 +3,8 @@
 //! grants that kind of access. Checks run in the order 401 (token), 400 (tenant format),
 //! 403 (tenant, scope, session claim).
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -47,18 +49,19 @@ impl FromRequestParts<AppState> for MePrincipal {
         let (tenant, claims) = authenticate(parts, state).await?;
         let session_id = claims
             .session_id
+            .clone()
             .filter(|id| validate::session_id(id).is_ok())
             .ok_or_else(|| forbidden("The token carries no valid session id"))?;
         Ok(MePrincipal {
             tenant,
             session_id,
-            customer_id: claims.customer_id,
+            customer_id: claims.customer_id.clone(),
         })
     }
 }
 
 /// Verifies the bearer token and checks it is for the path's tenant.
-async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<(String, AccessClaims), ApiError> {
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<(String, Arc<AccessClaims>), ApiError> {
     let token = bearer(parts).ok_or(ErrorKind::Unauthenticated {
         message: "A bearer token is required",
     })?;

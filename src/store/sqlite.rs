@@ -20,7 +20,8 @@ use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession, sql_ver
 use crate::clock::Millis;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sessions (
         tenant      TEXT    NOT NULL,
         session_id  TEXT    NOT NULL,
         version     INTEGER NOT NULL,
@@ -28,7 +29,24 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
         doc         TEXT    NOT NULL,
         PRIMARY KEY (tenant, session_id)
     ) WITHOUT ROWID;
-    CREATE INDEX sessions_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;"];
+    CREATE INDEX sessions_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;",
+    // A session's document (about 1 KiB) is too large for a WITHOUT ROWID table, where it spills
+    // to overflow pages of the key's B-tree: keep rows in a rowid table and the key in an index.
+    "CREATE TABLE sessions_by_rowid (
+        id          INTEGER PRIMARY KEY,
+        tenant      TEXT    NOT NULL,
+        session_id  TEXT    NOT NULL,
+        version     INTEGER NOT NULL,
+        expires_at  INTEGER,
+        doc         TEXT    NOT NULL
+    );
+    INSERT INTO sessions_by_rowid (tenant, session_id, version, expires_at, doc)
+        SELECT tenant, session_id, version, expires_at, doc FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_by_rowid RENAME TO sessions;
+    CREATE UNIQUE INDEX sessions_key ON sessions (tenant, session_id);
+    CREATE INDEX sessions_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;",
+];
 
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
 
@@ -86,7 +104,8 @@ impl SqliteStore {
         let manager = SqliteConnectionManager::file(path)
             .with_init(|c| c.execute_batch(&format!("{BUSY_TIMEOUT} PRAGMA query_only = 1;")));
         let readers = r2d2::Pool::builder()
-            .max_size(8)
+            // More connections than the runtime has threads: an inline read never waits for one.
+            .max_size(std::thread::available_parallelism().map_or(8, |n| n.get() * 2).max(8) as u32)
             .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -112,26 +131,21 @@ impl SqliteStore {
             .map_err(|_| StoreError::Backend("the SQLite writer dropped a change".into()))?
     }
 
-    /// Runs `f` on a pooled reading connection, on a blocking thread.
-    async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let readers = self.readers.clone();
-        run_blocking(move || {
-            let conn = readers.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            f(&conn)
-        })
-        .await
+    /// Runs `f` on a pooled reading connection, right on the calling thread. A read by primary
+    /// key in WAL mode takes microseconds and never waits for the writer, so handing it to a
+    /// blocking thread would cost more than it saves. The pool has more connections than the
+    /// runtime has threads, and a connection is never held across an `.await`, so getting one
+    /// does not wait either.
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.readers.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        f(&conn)
     }
 }
 
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
-        let key = key.clone();
-        self.with_reader(move |conn| {
+        self.with_reader(|conn| {
             let row = conn
                 .prepare_cached(
                     "SELECT version, expires_at, doc FROM sessions
@@ -151,7 +165,6 @@ impl SessionStore for SqliteStore {
             row.map(|(version, expires_at, doc)| StoredSession::from_sql(version, expires_at, doc))
                 .transpose()
         })
-        .await
     }
 
     async fn write(
@@ -186,7 +199,6 @@ impl SessionStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_reader(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(from_sqlite))
-            .await
     }
 }
 
@@ -292,9 +304,8 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
             .map(|removed| usize::from(matches!(removed, Some(at) if at.is_none_or(|at| at > *now)))),
         Change::Sweep { now, limit } => conn
             .prepare_cached(
-                "DELETE FROM sessions WHERE (tenant, session_id) IN (
-                   SELECT tenant, session_id FROM sessions
-                   WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                "DELETE FROM sessions WHERE id IN (
+                   SELECT id FROM sessions WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
             )
             .and_then(|mut stmt| stmt.execute(params![now, limit])),
     }
@@ -322,16 +333,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
         .map_err(from_sqlite)?;
     tx.commit().map_err(from_sqlite)
-}
-
-async fn run_blocking<T, F>(f: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
 }
 
 fn from_sqlite(err: rusqlite::Error) -> StoreError {
