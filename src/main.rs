@@ -9,6 +9,11 @@ use session_context::cli::{Cli, Command};
 use session_context::config::Settings;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: allocation was about a third of the instructions
+/// per request in profiles (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -100,8 +100,9 @@ impl Sessions {
     pub async fn get(&self, key: &SessionKey, caller: &Caller) -> Result<StoredSession, ServiceError> {
         let record = self.store.load(key, self.now()).await?.ok_or(ServiceError::NotFound)?;
         if let Caller::Me { customer } = caller {
-            let session = decode(&record)?;
-            if !rules::me_may_access(&session, customer.as_deref()) {
+            // Only the owner is needed: read just `customerId`, not the whole document.
+            let owner: Owner = serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if !rules::me_may_access(owner.customer_id.as_deref(), customer.as_deref()) {
                 return Err(ServiceError::NotYourSession);
             }
         }
@@ -118,12 +119,12 @@ impl Sessions {
         saas: &SaasToken,
     ) -> Result<Outcome, ServiceError> {
         self.change(key, |current, now| {
-            match current {
+            match &current {
                 Some(stored) => check_expected(stored, expected)?,
                 None if !upsert => return Err(ServiceError::NotFound),
                 None => {}
             }
-            if let Some(customer) = rules::saas_customer(current, req) {
+            if let Some(customer) = rules::saas_customer(current.as_ref(), req) {
                 match saas {
                     SaasToken::Customer(c) if c == customer => {}
                     SaasToken::Customer(_) => return Err(ServiceError::SaasForbidden),
@@ -147,9 +148,9 @@ impl Sessions {
         upsert: bool,
     ) -> Result<Outcome, ServiceError> {
         self.change(key, |current, now| {
-            match current {
+            match &current {
                 Some(stored) => {
-                    if !rules::me_may_access(stored, customer) {
+                    if !rules::me_may_access(stored.customer_id.as_deref(), customer) {
                         return Err(ServiceError::NotYourSession);
                     }
                     check_expected(stored, expected)?;
@@ -212,17 +213,17 @@ impl Sessions {
         }
     }
 
-    /// The optimistic loop shared by every change. `decide` sees the stored session (if any)
+    /// The optimistic loop shared by every change. `decide` gets the stored session (if any)
     /// and returns the next one, or `None` when nothing is to change.
     async fn change<F>(&self, key: &SessionKey, mut decide: F) -> Result<Outcome, ServiceError>
     where
-        F: FnMut(Option<&SessionContext>, Millis) -> Result<Option<SessionContext>, ServiceError>,
+        F: FnMut(Option<SessionContext>, Millis) -> Result<Option<SessionContext>, ServiceError>,
     {
         for attempt in 0..MAX_ATTEMPTS {
             let now = self.now();
             let record = self.store.load(key, now).await?;
             let current = record.as_ref().map(decode).transpose()?;
-            let Some(next) = decide(current.as_ref(), now)? else {
+            let Some(next) = decide(current, now)? else {
                 return Ok(Outcome::Unchanged);
             };
             let expect = record.as_ref().map_or(Expect::Absent, |r| Expect::Version(r.version));
@@ -250,14 +251,21 @@ impl Sessions {
     }
 }
 
+/// The one field of a stored document that `/me` reads need.
+#[derive(serde::Deserialize)]
+struct Owner<'a> {
+    #[serde(rename = "customerId", borrow, default)]
+    customer_id: Option<std::borrow::Cow<'a, str>>,
+}
+
 fn decode(record: &StoredSession) -> Result<SessionContext, ServiceError> {
     serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()).into())
 }
 
-fn existing<'a>(current: Option<&'a SessionContext>, caller: &Caller) -> Result<&'a SessionContext, ServiceError> {
+fn existing(current: Option<SessionContext>, caller: &Caller) -> Result<SessionContext, ServiceError> {
     let stored = current.ok_or(ServiceError::NotFound)?;
     match caller {
-        Caller::Me { customer } if !rules::me_may_access(stored, customer.as_deref()) => {
+        Caller::Me { customer } if !rules::me_may_access(stored.customer_id.as_deref(), customer.as_deref()) => {
             Err(ServiceError::NotYourSession)
         }
         _ => Ok(stored),

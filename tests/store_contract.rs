@@ -271,3 +271,35 @@ on_backend!(
     RedisCluster,
     redis_expires_anonymous_sessions_by_itself_and_persists_customer_ones
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrades_a_first_version_database_without_losing_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sessions (tenant TEXT NOT NULL, session_id TEXT NOT NULL, version INTEGER NOT NULL,
+                 expires_at INTEGER, doc TEXT NOT NULL, PRIMARY KEY (tenant, session_id)) WITHOUT ROWID;
+             CREATE INDEX sessions_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+             INSERT INTO sessions VALUES ('shop', 'kept', 3, NULL, 'old doc');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = session_context::store::SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.load(&key("kept"), NOW).await.unwrap(),
+        Some(record(3, None, "old doc"))
+    );
+    store
+        .write(&key("kept"), Expect::Version(3), &record(4, None, "new doc"), NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .write(&key("kept"), Expect::Absent, &record(1, None, "x"), NOW)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+}

@@ -25,10 +25,9 @@ pub fn check_version(stored: &SessionContext, expected: u64) -> Result<(), Versi
 }
 
 /// Applies a PUT to `current` (or creates the session when `current` is `None`).
-pub fn apply_put(current: Option<&SessionContext>, session_id: &str, req: &PutRequest, now: Millis) -> SessionContext {
+pub fn apply_put(current: Option<SessionContext>, session_id: &str, req: &PutRequest, now: Millis) -> SessionContext {
     let mut next = match current {
-        Some(stored) => {
-            let mut next = stored.clone();
+        Some(mut next) => {
             next.touch(now);
             next
         }
@@ -46,15 +45,14 @@ pub fn apply_put(current: Option<&SessionContext>, session_id: &str, req: &PutRe
 /// Applies a PATCH to `current`, or creates the session for a `/me` caller with
 /// `customer_id` when `current` is `None`.
 pub fn apply_patch(
-    current: Option<&SessionContext>,
+    current: Option<SessionContext>,
     session_id: &str,
     customer_id: Option<&str>,
     req: &PatchRequest,
     now: Millis,
 ) -> SessionContext {
     let mut next = match current {
-        Some(stored) => {
-            let mut next = stored.clone();
+        Some(mut next) => {
             next.touch(now);
             next
         }
@@ -84,20 +82,15 @@ pub fn apply_patch(
 }
 
 /// Sets attribute `key` to `value`, overwriting an existing one.
-pub fn set_attribute(current: &SessionContext, key: &str, value: &Value, now: Millis) -> SessionContext {
-    let mut next = current.clone();
+pub fn set_attribute(mut next: SessionContext, key: &str, value: &Value, now: Millis) -> SessionContext {
     next.context.insert(key.to_owned(), value.clone());
     next.touch(now);
     next
 }
 
 /// Removes attribute `key`; `None` when there was no such attribute (nothing changes).
-pub fn remove_attribute(current: &SessionContext, key: &str, now: Millis) -> Option<SessionContext> {
-    if !current.context.contains_key(key) {
-        return None;
-    }
-    let mut next = current.clone();
-    next.context.remove(key);
+pub fn remove_attribute(mut next: SessionContext, key: &str, now: Millis) -> Option<SessionContext> {
+    next.context.remove(key)?;
     next.touch(now);
     Some(next)
 }
@@ -111,10 +104,11 @@ pub fn saas_customer<'a>(stored: Option<&'a SessionContext>, req: &'a PutRequest
     }
 }
 
-/// Whether a `/me` caller acting as `token_customer` may use `stored`: a customer session
-/// belongs to its customer alone; an anonymous session to whoever holds its session token.
-pub fn me_may_access(stored: &SessionContext, token_customer: Option<&str>) -> bool {
-    match stored.customer_id.as_deref() {
+/// Whether a `/me` caller acting as `token_customer` may use a session owned by `owner` (its
+/// `customerId`): a customer session belongs to its customer alone; an anonymous session to
+/// whoever holds its session token.
+pub fn me_may_access(owner: Option<&str>, token_customer: Option<&str>) -> bool {
+    match owner {
         None => true,
         Some(owner) => token_customer == Some(owner),
     }
