@@ -197,7 +197,7 @@ fn read_version(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opti
     };
     match metadata.get("version") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(Value::Number(n)) if whole_number(n).is_some() => whole_number(n),
         Some(_) => {
             errors.push(FieldError::new(
                 "metadata.version",
@@ -207,6 +207,16 @@ fn read_version(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opti
             None
         }
     }
+}
+
+/// A non-negative whole number: `3`, and also `3.0` (JSON does not tell them apart).
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every whole f64 below is exact
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..EXACT).contains(f))
+            .map(|f| f as u64)
+    })
 }
 
 fn finish<T>(errors: Vec<FieldError>, value: T) -> Result<T, Vec<FieldError>> {
@@ -252,10 +262,20 @@ mod tests {
 
     #[test]
     fn put_version_must_be_a_whole_number() {
-        for bad in [json!("3"), json!(1.5), json!(-1), json!(1e30), json!(true)] {
+        for bad in [json!("3"), json!(1.5), json!(-1), json!(-1.0), json!(1e30), json!(true)] {
             let body = obj(json!({"metadata": {"version": bad}}));
             assert!(read_put(&body, "s").is_err(), "{body:?}");
         }
+    }
+
+    #[test]
+    fn put_version_may_be_written_with_a_zero_fraction() {
+        assert_eq!(
+            read_put(&obj(json!({"metadata": {"version": 7.0}})), "s")
+                .unwrap()
+                .version,
+            Some(7)
+        );
     }
 
     #[test]

@@ -189,6 +189,8 @@ mod tests {
         for bad in ["", "d", "en_US", "en-", "-en", "de DE", &"a".repeat(36)] {
             assert!(text_field(TextField::Language, bad).is_err(), "{bad}");
         }
+        assert!(text_field(TextField::CustomerId, "").is_err(), "a customer needs an id");
+        assert!(text_field(TextField::SiteCode, "").is_ok());
         assert!(text_field(TextField::SiteCode, &"s".repeat(256)).is_ok());
         assert!(text_field(TextField::SiteCode, &"s".repeat(257)).is_err());
     }

@@ -20,7 +20,7 @@ use crate::store::SessionKey;
     post,
     path = "/session-context/{tenant}/context/{sessionId}/attributes",
     tag = "Session context modification",
-    params(("tenant" = String, Path), ("sessionId" = String, Path)),
+    params(super::openapi::SessionPath),
     request_body(content = super::openapi::AttributeBody, content_type = "application/json"),
     responses(
         (status = 204, description = "The attribute was set"),
@@ -46,7 +46,7 @@ pub async fn post_attribute(
     delete,
     path = "/session-context/{tenant}/context/{sessionId}/attributes/{attributeName}",
     tag = "Session context modification",
-    params(("tenant" = String, Path), ("sessionId" = String, Path), ("attributeName" = String, Path)),
+    params(super::openapi::SessionAttributePath),
     responses(
         (status = 204, description = "The attribute is gone"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -69,10 +69,10 @@ pub async fn delete_attribute(
     post,
     path = "/session-context/{tenant}/me/context/attributes",
     tag = "Own session context modification",
-    params(("tenant" = String, Path)),
+    params(super::openapi::TenantPath),
     request_body(content = super::openapi::AttributeBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "The attribute was set", body = String,
+        (status = 201, description = "The attribute was set", body = String, content_type = "application/json",
             headers(("ETag" = String, description = "The new version in quotes"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
@@ -102,7 +102,7 @@ pub async fn post_me_attribute(
     delete,
     path = "/session-context/{tenant}/me/context/attributes/{attributeName}",
     tag = "Own session context modification",
-    params(("tenant" = String, Path), ("attributeName" = String, Path)),
+    params(super::openapi::MeAttributePath),
     responses(
         (status = 204, description = "The attribute is gone"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

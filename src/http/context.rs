@@ -18,7 +18,7 @@ use crate::store::SessionKey;
     get,
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
-    params(("tenant" = String, Path), ("sessionId" = String, Path)),
+    params(super::openapi::SessionPath),
     responses(
         (status = 200, description = "The session context", body = SessionContext,
             headers(("ETag" = String, description = "The version in quotes"))),
@@ -47,10 +47,11 @@ pub async fn get_context(
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
     params(
-        ("tenant" = String, Path), ("sessionId" = String, Path),
+        super::openapi::SessionPath,
         ("upsert" = Option<bool>, Query, description = "Create the session if it does not exist"),
-        ("saas-token" = Option<String>, Header, description = "The customer's token; required when the session has or gets a customerId"),
-        ("If-Match" = Option<String>, Header, description = "The expected version in quotes; stands in for metadata.version"),
+        ("saas-token" = Option<String>, Header, nullable = false, description = "The customer's token; required when the session has or gets a customerId"),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|"[0-9]{1,19}")$"#,
+            description = "The expected version in quotes (\"3\") or *; stands in for metadata.version"),
     ),
     request_body(content = super::openapi::PutBody, content_type = "application/json"),
     responses(
@@ -88,7 +89,7 @@ pub async fn put_context(
     delete,
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
-    params(("tenant" = String, Path), ("sessionId" = String, Path)),
+    params(super::openapi::SessionPath),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

@@ -110,15 +110,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// Which version a PUT or PATCH expects: `If-Match` if sent, else `metadata.version`
-/// (one of the two is required; if both are sent they must agree).
+/// Which version a PUT or PATCH expects: `If-Match` if sent (it is the HTTP-level
+/// precondition, so it wins over the body), else `metadata.version`; one of the two is required.
 pub fn expected_version(if_match: Option<Expected>, body: Option<u64>) -> Result<Expected, ApiError> {
     match (if_match, body) {
-        (Some(Expected::IfMatch(h)), Some(b)) if h != b => Err(ApiError::invalid(FieldError::new(
-            "metadata.version",
-            "mismatch",
-            "metadata.version and If-Match name different versions",
-        ))),
         (Some(expected), _) => Ok(expected),
         (None, Some(version)) => Ok(Expected::Body(version)),
         (None, None) => Err(ApiError::invalid(FieldError::new(

@@ -18,7 +18,7 @@ use crate::store::SessionKey;
     get,
     path = "/session-context/{tenant}/me/context",
     tag = "Own session management",
-    params(("tenant" = String, Path)),
+    params(super::openapi::TenantPath),
     responses(
         (status = 200, description = "The session context", body = SessionContext,
             headers(("ETag" = String, description = "The version in quotes"))),
@@ -46,9 +46,10 @@ pub async fn get_me(State(state): State<AppState>, me: MePrincipal) -> Result<Re
     path = "/session-context/{tenant}/me/context",
     tag = "Own session management",
     params(
-        ("tenant" = String, Path),
+        super::openapi::TenantPath,
         ("upsert" = Option<bool>, Query, description = "Create the session if it does not exist"),
-        ("If-Match" = Option<String>, Header, description = "The expected version in quotes; stands in for metadata.version"),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|"[0-9]{1,19}")$"#,
+            description = "The expected version in quotes (\"3\") or *; stands in for metadata.version"),
     ),
     request_body(content = super::openapi::PatchBody, content_type = "application/json"),
     responses(

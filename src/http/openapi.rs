@@ -3,25 +3,119 @@
 //! their routes, so that the document cannot drift from what is served.
 
 use serde_json::{Map, Value};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+// The input rules of the contract, as JSON Schema patterns (ECMA 262 regular expressions).
+// Attribute names may be 256 bytes of UTF-8; JSON Schema counts characters, so the document
+// promises 64 characters, which is at most 256 bytes whatever they are.
+
+/// `{tenant}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // a schema only
+pub struct TenantPath {
+    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
+    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
+    pub tenant: String,
+}
+
+/// `{tenant}` and `{sessionId}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // a schema only
+pub struct SessionPath {
+    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
+    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
+    pub tenant: String,
+    /// The session: 1 to 128 characters of A-Z a-z 0-9 . _ : -
+    #[param(
+        rename = "sessionId",
+        pattern = "^[A-Za-z0-9._:-]+$",
+        min_length = 1,
+        max_length = 128
+    )]
+    pub session_id: String,
+}
+
+/// `{tenant}`, `{sessionId}` and `{attributeName}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // a schema only
+pub struct SessionAttributePath {
+    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
+    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
+    pub tenant: String,
+    /// The session: 1 to 128 characters of A-Z a-z 0-9 . _ : -
+    #[param(
+        rename = "sessionId",
+        pattern = "^[A-Za-z0-9._:-]+$",
+        min_length = 1,
+        max_length = 128
+    )]
+    pub session_id: String,
+    /// The attribute: 1 to 256 bytes of UTF-8 without control characters.
+    #[param(
+        rename = "attributeName",
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
+        min_length = 1,
+        max_length = 64
+    )]
+    pub attribute_name: String,
+}
+
+/// `{tenant}` and `{attributeName}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // a schema only
+pub struct MeAttributePath {
+    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
+    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
+    pub tenant: String,
+    /// The attribute: 1 to 256 bytes of UTF-8 without control characters.
+    #[param(
+        rename = "attributeName",
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
+        min_length = 1,
+        max_length = 64
+    )]
+    pub attribute_name: String,
+}
+
+/// A `context` map in a request: keys follow the attribute-name rule, values are any JSON.
+fn context_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(64))
+                .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
+        ))
+        .build()
+}
 
 /// The `metadata` a client sends: only `version` is read.
 #[derive(ToSchema)]
 #[allow(dead_code)] // a schema only
 pub struct MetadataUpdate {
     /// The version the client last read; required (or an `If-Match` header).
+    #[schema(minimum = 0)]
     pub version: u64,
 }
 
 /// The body of PUT: any field of the resource; `null` removes a field, an absent one stays.
+/// A `sessionId` may be sent too, but must equal the path's.
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 #[allow(dead_code)] // a schema only
 pub struct PutBody {
-    /// Must equal the path's sessionId when given.
-    pub session_id: Option<String>,
+    /// Setting or changing it needs a `saas-token` for that customer.
+    #[schema(min_length = 1, max_length = 256)]
     pub customer_id: Option<String>,
+    #[schema(max_length = 256)]
     pub site_code: Option<String>,
     /// Three capital letters.
     #[schema(pattern = "^[A-Z]{3}$")]
@@ -30,11 +124,12 @@ pub struct PutBody {
     #[schema(pattern = "^[A-Z]{2}$")]
     pub target_location: Option<String>,
     /// A BCP-47 language tag.
-    #[schema(max_length = 35)]
+    #[schema(pattern = "^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$", max_length = 35)]
     pub language: Option<String>,
+    #[schema(max_length = 256)]
     pub cart_id: Option<String>,
     /// Replaces the whole stored map.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = context_schema)]
     pub context: Option<Map<String, Value>>,
     pub metadata: MetadataUpdate,
 }
@@ -44,15 +139,16 @@ pub struct PutBody {
 #[schema(rename_all = "camelCase")]
 #[allow(dead_code)] // a schema only
 pub struct PatchBody {
+    #[schema(max_length = 256)]
     pub site_code: Option<String>,
     #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
     #[schema(pattern = "^[A-Z]{2}$")]
     pub target_location: Option<String>,
-    #[schema(max_length = 35)]
+    #[schema(pattern = "^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$", max_length = 35)]
     pub language: Option<String>,
     /// Merged key by key (JSON Merge Patch at the first level): `null` removes a key.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = context_schema)]
     pub context: Option<Map<String, Value>>,
     pub metadata: MetadataUpdate,
 }
@@ -61,8 +157,8 @@ pub struct PatchBody {
 #[derive(ToSchema)]
 #[allow(dead_code)] // a schema only
 pub struct AttributeBody {
-    /// The attribute's name: 1 to 256 bytes, no control characters.
-    #[schema(min_length = 1, max_length = 256)]
+    /// The attribute's name: 1 to 256 bytes of UTF-8, no control characters.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub key: String,
     /// Any JSON value but null.
     #[schema(value_type = Object)]

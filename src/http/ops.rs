@@ -40,7 +40,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<Health>, 
 
 /// Request counts and latency histograms per route and status.
 #[utoipa::path(get, path = "/metrics", tag = "Operations",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "OpenMetrics text format", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
