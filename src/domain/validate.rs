@@ -88,9 +88,12 @@ pub fn text_field(field: TextField, value: &str) -> Result<(), FieldError> {
             "targetLocation must be two capital letters (DE)",
         ),
         TextField::Language => (is_language_tag(value), "language must be a BCP-47 tag (de, en-US)"),
-        TextField::CustomerId | TextField::SiteCode | TextField::CartId => {
-            (value.chars().count() <= MAX_TEXT_CHARS, "at most 256 characters")
-        }
+        // A customer owns its session: an empty customer id would be a customer nobody is.
+        TextField::CustomerId => (
+            (1..=MAX_TEXT_CHARS).contains(&value.chars().count()),
+            "customerId must be 1 to 256 characters",
+        ),
+        TextField::SiteCode | TextField::CartId => (value.chars().count() <= MAX_TEXT_CHARS, "at most 256 characters"),
     };
     ok.then_some(())
         .ok_or_else(|| FieldError::new(name, "invalid_format", rule))
