@@ -37,7 +37,11 @@ fn raw(claims: Value) -> String {
 }
 
 async fn app_with_session() -> TestApp {
-    let app = TestApp::new(Backend::Memory).await;
+    app_on(Backend::Memory).await
+}
+
+async fn app_on(backend: Backend) -> TestApp {
+    let app = TestApp::new(backend).await;
     app.create("s1", json!({"context": {"k": 0}, "metadata": {"version": 1}}))
         .await;
     app
@@ -119,9 +123,9 @@ async fn a_basic_or_empty_authorization_header_is_401() {
     }
 }
 
-#[tokio::test]
-async fn tokens_for_another_tenant_are_403_on_every_endpoint() {
-    let app = app_with_session().await;
+/// On every store: the tenant is part of every key, and the token's tenant must be the path's.
+async fn tokens_for_another_tenant_are_403_on_every_endpoint(backend: Backend) {
+    let app = app_on(backend).await;
     let other = sign(TokenSpec {
         tenant: Some("other".into()),
         scope: Some(MANAGE.into()),
@@ -217,3 +221,5 @@ async fn claim_names_are_configurable() {
     assert_eq!(claims.session_id.as_deref(), Some("s9"));
     assert_eq!(claims.customer_id.as_deref(), Some("C3"));
 }
+
+on_every_backend!(tokens_for_another_tenant_are_403_on_every_endpoint);
