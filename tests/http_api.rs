@@ -855,6 +855,17 @@ async fn health_metrics_and_openapi_are_served_without_a_token(backend: Backend)
     ];
     expected.sort();
     assert_eq!(operations, expected);
+    // Every path parameter states its input rule, so generated clients and fuzzers send what
+    // the service accepts.
+    for (path, item) in doc.json["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for param in operation["parameters"].as_array().into_iter().flatten() {
+                if param["in"] == "path" {
+                    assert!(param["schema"]["pattern"].is_string(), "{method} {path}: {param}");
+                }
+            }
+        }
+    }
 }
 
 on_every_backend!(

@@ -20,7 +20,7 @@ use crate::store::SessionKey;
     post,
     path = "/session-context/{tenant}/context/{sessionId}/attributes",
     tag = "Session context modification",
-    params(super::openapi::SessionPath),
+    params(super::openapi::TenantPath, super::openapi::SessionIdPath),
     request_body(content = super::openapi::AttributeBody, content_type = "application/json"),
     responses(
         (status = 204, description = "The attribute was set"),
@@ -46,7 +46,7 @@ pub async fn post_attribute(
     delete,
     path = "/session-context/{tenant}/context/{sessionId}/attributes/{attributeName}",
     tag = "Session context modification",
-    params(super::openapi::SessionAttributePath),
+    params(super::openapi::TenantPath, super::openapi::SessionIdPath, super::openapi::AttributeNamePath),
     responses(
         (status = 204, description = "The attribute is gone"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -102,7 +102,7 @@ pub async fn post_me_attribute(
     delete,
     path = "/session-context/{tenant}/me/context/attributes/{attributeName}",
     tag = "Own session context modification",
-    params(super::openapi::MeAttributePath),
+    params(super::openapi::TenantPath, super::openapi::AttributeNamePath),
     responses(
         (status = 204, description = "The attribute is gone"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

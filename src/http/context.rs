@@ -18,7 +18,7 @@ use crate::store::SessionKey;
     get,
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
-    params(super::openapi::SessionPath),
+    params(super::openapi::TenantPath, super::openapi::SessionIdPath),
     responses(
         (status = 200, description = "The session context", body = SessionContext,
             headers(("ETag" = String, description = "The version in quotes"))),
@@ -47,7 +47,7 @@ pub async fn get_context(
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
     params(
-        super::openapi::SessionPath,
+        super::openapi::TenantPath, super::openapi::SessionIdPath,
         ("upsert" = Option<bool>, Query, description = "Create the session if it does not exist"),
         ("saas-token" = Option<String>, Header, nullable = false, description = "The customer's token; required when the session has or gets a customerId"),
         ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|"[0-9]{1,19}")$"#,
@@ -89,7 +89,7 @@ pub async fn put_context(
     delete,
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
-    params(super::openapi::SessionPath),
+    params(super::openapi::TenantPath, super::openapi::SessionIdPath),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

@@ -21,14 +21,11 @@ pub struct TenantPath {
     pub tenant: String,
 }
 
-/// `{tenant}` and `{sessionId}`.
+/// `{sessionId}`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)] // a schema only
-pub struct SessionPath {
-    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
-    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
-    pub tenant: String,
+pub struct SessionIdPath {
     /// The session: 1 to 128 characters of A-Z a-z 0-9 . _ : -
     #[param(
         rename = "sessionId",
@@ -39,40 +36,11 @@ pub struct SessionPath {
     pub session_id: String,
 }
 
-/// `{tenant}`, `{sessionId}` and `{attributeName}`.
+/// `{attributeName}`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)] // a schema only
-pub struct SessionAttributePath {
-    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
-    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
-    pub tenant: String,
-    /// The session: 1 to 128 characters of A-Z a-z 0-9 . _ : -
-    #[param(
-        rename = "sessionId",
-        pattern = "^[A-Za-z0-9._:-]+$",
-        min_length = 1,
-        max_length = 128
-    )]
-    pub session_id: String,
-    /// The attribute: 1 to 256 bytes of UTF-8 without control characters.
-    #[param(
-        rename = "attributeName",
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
-        min_length = 1,
-        max_length = 64
-    )]
-    pub attribute_name: String,
-}
-
-/// `{tenant}` and `{attributeName}`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // a schema only
-pub struct MeAttributePath {
-    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
-    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
-    pub tenant: String,
+pub struct AttributeNamePath {
     /// The attribute: 1 to 256 bytes of UTF-8 without control characters.
     #[param(
         rename = "attributeName",
