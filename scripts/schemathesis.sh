@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 examples=${ST_EXAMPLES:-100}
 secret=schemathesis-secret-schemathesis-secret
-python3 -m pip install -q --disable-pip-version-check "schemathesis==4.32.5"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "schemathesis==4.32.5"
 cargo build --quiet
 bin=target/debug/session-context
 

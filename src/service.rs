@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::clock::{Clock, Millis};
-use crate::domain::{FieldError, PatchRequest, PutRequest, SessionContext, rules};
+use crate::domain::{PatchRequest, PutRequest, SessionContext, rules};
 use crate::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
 
 /// How many times a change is retried after losing a race before the caller is told to retry.
@@ -58,8 +58,6 @@ pub enum ServiceError {
     NotFound,
     #[error("version mismatch")]
     VersionMismatch { current: u64, expected: Expected },
-    #[error("invalid request")]
-    Invalid(Vec<FieldError>),
     #[error("saas-token missing or invalid")]
     SaasUnauthenticated,
     #[error("saas-token is for another customer")]

@@ -191,12 +191,6 @@ impl From<ServiceError> for ApiError {
                 expected: Expected::IfMatch(_) | Expected::Any,
             } => ErrorKind::PreconditionFailed { current },
             ServiceError::VersionMismatch { current, .. } => ErrorKind::VersionConflict { current },
-            ServiceError::Invalid(details) => ErrorKind::BadRequest {
-                message: details
-                    .first()
-                    .map_or_else(|| "invalid request".into(), |d| d.message.clone()),
-                details,
-            },
             ServiceError::SaasUnauthenticated => ErrorKind::Unauthenticated {
                 message: "A valid saas-token for the session's customer is required",
             },
