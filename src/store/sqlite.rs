@@ -1,6 +1,6 @@
 //! `sqlite://PATH`: an embedded database in one file, in WAL mode with `synchronous=FULL`, so
 //! that every acknowledged write is on disk before the answer leaves (it survives `kill -9`
-//! and power loss). Reads use a pool of connections on tokio's blocking threads. Writes go to
+//! and power loss). Reads run right on the async threads with a pooled connection. Writes go to
 //! one writer thread that commits them in groups: it takes every write waiting for it, runs
 //! them in one transaction and answers them all after one commit, so many concurrent writers
 //! share one fsync instead of queueing for one each. Each write in a group is still its own
