@@ -69,6 +69,7 @@ fn jittered(interval: Duration) -> Duration {
 
 /// Runs the service as `session-context serve` does, until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> Result<(), String> {
+    let shutdown = shutdown_signal()?;
     let state = build_state(&settings, Arc::new(SystemClock)).await?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -86,34 +87,37 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         header_timeout: settings.header_timeout,
         drain_deadline: DRAIN_DEADLINE,
     };
-    connections::serve(listener, app, limits, shutdown_signal()).await;
+    connections::serve(listener, app, limits, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     tracing::info!("session-context stopped");
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives while the service is
+/// still starting is not lost (nor does it kill the process).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send, String> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+            tracing::info!("shutdown signal received; finishing requests in flight");
+        })
     }
-    tracing::info!("shutdown signal received; finishing requests in flight");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown signal received; finishing requests in flight");
+        })
+    }
 }
 
 /// Prints demo tokens and a curl line for `serve --dev`.

@@ -153,6 +153,17 @@ async fn sigterm_stops_the_server_cleanly() {
 }
 
 #[test]
+fn sigterm_right_after_start_is_still_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = sqlite_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::start(&args);
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(8));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
 fn serve_without_a_key_exits_with_a_message_naming_the_flags() {
     let mut command = Command::new(BIN);
     for (name, _) in std::env::vars() {

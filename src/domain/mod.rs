@@ -2,6 +2,7 @@
 //! no HTTP, no SQL. The HTTP layer reads requests into these types; the stores only keep
 //! what these functions produce.
 
+pub mod json;
 pub mod request;
 pub mod rules;
 pub mod session;

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::{ApiError, ErrorKind};
-use crate::domain::validate::{self, FieldError, MAX_BODY_DEPTH};
+use crate::domain::json;
+use crate::domain::validate::{self, FieldError};
 use crate::service::{Expected, SaasToken};
 
 /// The value of one named path parameter, percent-decoded.
@@ -163,26 +164,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ApiError::bad_request("The request body could not be read", vec![])
             }
         })?;
-        if validate::nests_deeper_than(&bytes, MAX_BODY_DEPTH) {
-            return Err(ApiError::invalid(FieldError::new(
-                "body",
-                "too_deep",
-                format!("the body nests deeper than {MAX_BODY_DEPTH} levels"),
-            )));
-        }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(JsonBody(map)),
-            Ok(_) => Err(ApiError::invalid(FieldError::new(
-                "body",
-                "invalid_type",
-                "the body must be a JSON object",
-            ))),
-            Err(e) => Err(ApiError::invalid(FieldError::new(
-                "body",
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
-            ))),
-        }
+        json::read_object(&bytes).map(JsonBody).map_err(ApiError::invalid)
     }
 }
 
