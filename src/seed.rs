@@ -60,6 +60,7 @@ async fn write_one(store: &dyn SessionStore, tenant: &str, id: &str, bytes: usiz
     let session = sample_session(id, bytes, now);
     let record = StoredSession {
         version: session.metadata.version,
+        generation: StoredSession::new_generation().map_err(|e| e.to_string())?,
         expires_at: None,
         doc: serde_json::to_string(&session).map_err(|e| e.to_string())?,
     };

@@ -224,10 +224,14 @@ impl Sessions {
             let Some(next) = decide(current, now)? else {
                 return Ok(Outcome::Unchanged);
             };
-            let expect = record.as_ref().map_or(Expect::Absent, |r| Expect::Version(r.version));
+            let (expect, generation) = match &record {
+                Some(r) => (Expect::unchanged(r), r.generation),
+                None => (Expect::Absent, StoredSession::new_generation()?),
+            };
             let version = next.metadata.version;
             let stored = StoredSession {
                 version,
+                generation,
                 expires_at: next.expires_at(self.ttl),
                 doc: serde_json::to_string(&next).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             };

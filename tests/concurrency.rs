@@ -1,13 +1,19 @@
 //! Many concurrent writers against one session, on every backend: optimistic locking never
-//! loses an update, and concurrent attribute changes all survive.
+//! loses an update, concurrent attribute changes all survive, and a change never lands on a
+//! session created anew after the one it read.
 
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use common::*;
 use serde_json::json;
+use session_context::clock::Millis;
+use session_context::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use tokio::sync::Notify;
 
 const CLIENTS: u64 = 16;
 const INCREMENTS: u64 = 8;
@@ -150,7 +156,95 @@ async fn versioned_patches_and_attribute_changes_interleave_without_loss(backend
     assert_eq!(read.version(), 1 + 40 + 24);
 }
 
+/// A store that, once armed, holds the next write until the test releases it.
+struct Gate {
+    inner: Arc<dyn SessionStore>,
+    armed: AtomicBool,
+    reached: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl SessionStore for Gate {
+    async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
+        self.inner.load(key, now).await
+    }
+
+    async fn write(
+        &self,
+        key: &SessionKey,
+        expect: Expect,
+        record: &StoredSession,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.write(key, expect, record, now).await
+    }
+
+    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
+        self.inner.delete(key, now).await
+    }
+
+    async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.inner.sweep_expired(now, limit).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// Found by the history checker (tests/histories): an attribute change read version 1 of a
+/// session, the session was deleted and created again (version 1 again), and the change then
+/// landed on the new session, built from the old one's content. The write must see that the
+/// session it read is gone, read again, and apply the change to the new one.
+async fn a_change_read_from_a_deleted_session_does_not_land_on_its_successor(backend: Backend) {
+    let (inner, dir) = open_store(backend).await;
+    let gate = Arc::new(Gate {
+        inner,
+        armed: AtomicBool::new(false),
+        reached: Notify::new(),
+        release: Notify::new(),
+    });
+    let app = Arc::new(TestApp::on_store(gate.clone(), dir, 65_536));
+    app.create("s", json!({"context": {"life": "first"}, "metadata": {"version": 1}}))
+        .await;
+    gate.armed.store(true, Ordering::SeqCst);
+    let change = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let body = json!({"key": "x", "value": 1});
+            app.call(
+                Method::POST,
+                &context_path("s", "/attributes"),
+                Some(&manager()),
+                Some(body),
+            )
+            .await
+        }
+    });
+    // The change has read the first life and is about to write.
+    gate.reached.notified().await;
+    let deleted = app
+        .call(Method::DELETE, &context_path("s", ""), Some(&manager()), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    app.create("s", json!({"context": {"life": "second"}, "metadata": {"version": 1}}))
+        .await;
+    gate.release.notify_one();
+    let changed = change.await.unwrap();
+    assert_eq!(changed.status, StatusCode::NO_CONTENT, "{}", changed.text);
+    assert_eq!(changed.header("etag"), Some("\"2\""));
+    let read = app.read("s").await;
+    assert_eq!(read.json["context"], json!({"life": "second", "x": 1}), "{}", read.text);
+    assert_eq!(read.version(), 2);
+}
+
 on_every_backend!(
+    a_change_read_from_a_deleted_session_does_not_land_on_its_successor,
     concurrent_read_modify_write_loses_no_update,
     concurrent_attribute_posts_all_survive,
     versioned_patches_and_attribute_changes_interleave_without_loss,

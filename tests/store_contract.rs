@@ -10,12 +10,23 @@ use common::{Backend, open_store};
 use session_context::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
 
 const NOW: i64 = 1_000_000;
+/// The generation of the records these tests write, unless they say otherwise.
+const GENERATION: i64 = 7;
 
 fn record(version: u64, expires_at: Option<i64>, doc: &str) -> StoredSession {
     StoredSession {
         version,
+        generation: GENERATION,
         expires_at,
         doc: doc.to_owned(),
+    }
+}
+
+/// The record at `version` (of the usual generation) must still be there.
+fn current(version: u64) -> Expect {
+    Expect::Current {
+        version,
+        generation: GENERATION,
     }
 }
 
@@ -47,12 +58,12 @@ async fn versioned_write_needs_the_exact_stored_version(backend: Backend) {
         .await
         .unwrap();
     store
-        .write(&key("s"), Expect::Version(1), &record(2, None, "v2"), NOW)
+        .write(&key("s"), current(1), &record(2, None, "v2"), NOW)
         .await
         .unwrap();
     for stale in [0, 1, 3, u64::MAX] {
         let result = store
-            .write(&key("s"), Expect::Version(stale), &record(9, None, "bad"), NOW)
+            .write(&key("s"), current(stale), &record(9, None, "bad"), NOW)
             .await;
         assert!(
             matches!(result, Err(StoreError::Conflict)),
@@ -64,11 +75,46 @@ async fn versioned_write_needs_the_exact_stored_version(backend: Backend) {
 
 async fn versioned_write_of_a_missing_session_conflicts(backend: Backend) {
     let (store, _dir) = open_store(backend).await;
-    let result = store
-        .write(&key("s"), Expect::Version(1), &record(2, None, "x"), NOW)
-        .await;
+    let result = store.write(&key("s"), current(1), &record(2, None, "x"), NOW).await;
     assert!(matches!(result, Err(StoreError::Conflict)));
     assert_eq!(store.load(&key("s"), NOW).await.unwrap(), None);
+}
+
+async fn a_session_created_anew_is_not_taken_for_its_predecessor(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    // Deleted and created again, or expired and created again: version 1 both times.
+    let end = NOW + 60_000;
+    for (ended_at, expires_at) in [(NOW, None), (end, Some(end))] {
+        let id = format!("again{ended_at}");
+        let before = StoredSession {
+            generation: 1,
+            ..record(1, expires_at, "before")
+        };
+        store.write(&key(&id), Expect::Absent, &before, NOW).await.unwrap();
+        if expires_at.is_none() {
+            assert!(store.delete(&key(&id), NOW).await.unwrap());
+        }
+        let after = StoredSession {
+            generation: 2,
+            ..record(1, None, "after")
+        };
+        store.write(&key(&id), Expect::Absent, &after, ended_at).await.unwrap();
+        // A change computed from the first life must not land on the second.
+        let stale = store
+            .write(
+                &key(&id),
+                Expect::unchanged(&before),
+                &record(2, None, "lost"),
+                ended_at,
+            )
+            .await;
+        assert!(matches!(stale, Err(StoreError::Conflict)), "{stale:?}");
+        assert_eq!(store.load(&key(&id), ended_at).await.unwrap(), Some(after.clone()));
+        store
+            .write(&key(&id), Expect::unchanged(&after), &record(2, None, "next"), ended_at)
+            .await
+            .unwrap();
+    }
 }
 
 async fn expired_sessions_are_missing_at_once(backend: Backend) {
@@ -81,9 +127,7 @@ async fn expired_sessions_are_missing_at_once(backend: Backend) {
     assert!(store.load(&key("s"), end - 1).await.unwrap().is_some());
     assert_eq!(store.load(&key("s"), end).await.unwrap(), None);
     // an expired record cannot be updated, only created anew
-    let update = store
-        .write(&key("s"), Expect::Version(4), &record(5, None, "x"), end)
-        .await;
+    let update = store.write(&key("s"), current(4), &record(5, None, "x"), end).await;
     assert!(matches!(update, Err(StoreError::Conflict)));
     store
         .write(&key("s"), Expect::Absent, &record(1, None, "new"), end)
@@ -183,12 +227,7 @@ async fn exactly_one_of_many_concurrent_writers_wins(backend: Backend) {
             let store: Arc<dyn SessionStore> = store.clone();
             tokio::spawn(async move {
                 store
-                    .write(
-                        &key("hot"),
-                        Expect::Version(1),
-                        &record(2, None, &format!("writer {i}")),
-                        NOW,
-                    )
+                    .write(&key("hot"), current(1), &record(2, None, &format!("writer {i}")), NOW)
                     .await
             })
         })
@@ -215,6 +254,7 @@ on_every_backend!(
     absent_write_creates_once,
     versioned_write_needs_the_exact_stored_version,
     versioned_write_of_a_missing_session_conflicts,
+    a_session_created_anew_is_not_taken_for_its_predecessor,
     expired_sessions_are_missing_at_once,
     delete_reports_only_live_sessions,
     sweep_removes_expired_records_in_batches,
@@ -252,7 +292,7 @@ async fn redis_expires_anonymous_sessions_by_itself_and_persists_customer_ones(b
         .unwrap();
     // becoming a customer session removes the native expiry
     store
-        .write(&key("kept"), Expect::Version(1), &record(2, None, "customer"), now)
+        .write(&key("kept"), current(1), &record(2, None, "customer"), now)
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
@@ -288,12 +328,13 @@ async fn sqlite_upgrades_a_first_version_database_without_losing_sessions() {
         .unwrap();
     }
     let store = session_context::store::SqliteStore::open(&path).await.unwrap();
-    assert_eq!(
-        store.load(&key("kept"), NOW).await.unwrap(),
-        Some(record(3, None, "old doc"))
-    );
+    let old = StoredSession {
+        generation: 0,
+        ..record(3, None, "old doc")
+    };
+    assert_eq!(store.load(&key("kept"), NOW).await.unwrap(), Some(old.clone()));
     store
-        .write(&key("kept"), Expect::Version(3), &record(4, None, "new doc"), NOW)
+        .write(&key("kept"), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
         .await
         .unwrap();
     assert!(matches!(

@@ -36,10 +36,13 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut records = self.records();
-        let current = records.get(key).filter(|r| r.is_live(now)).map(|r| r.version);
+        let current = records
+            .get(key)
+            .filter(|r| r.is_live(now))
+            .map(|r| (r.version, r.generation));
         let holds = match expect {
             Expect::Absent => current.is_none(),
-            Expect::Version(v) => current == Some(v),
+            Expect::Current { version, generation } => current == Some((version, generation)),
         };
         if !holds {
             return Err(StoreError::Conflict);

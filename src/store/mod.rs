@@ -43,6 +43,11 @@ impl SessionKey {
 pub struct StoredSession {
     /// Equal to `metadata.version` inside `doc`.
     pub version: u64,
+    /// Which life of the session the record belongs to: drawn at random when the session is
+    /// created and kept by every later write. A session that is deleted or expires and is then
+    /// created again starts over at version 1, so a version alone could match the record's
+    /// successor (the ABA problem, found by the history checker); version and generation cannot.
+    pub generation: i64,
     /// When the record stops existing (ms since the epoch); `None` = never.
     pub expires_at: Option<Millis>,
     /// The session context as JSON, exactly as served.
@@ -51,13 +56,26 @@ pub struct StoredSession {
 
 impl StoredSession {
     /// A record as SQL stores it (versions are signed 64-bit integers there).
-    pub fn from_sql(version: i64, expires_at: Option<Millis>, doc: String) -> Result<Self, StoreError> {
+    pub fn from_sql(
+        version: i64,
+        generation: i64,
+        expires_at: Option<Millis>,
+        doc: String,
+    ) -> Result<Self, StoreError> {
         let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
         Ok(StoredSession {
             version,
+            generation,
             expires_at,
             doc,
         })
+    }
+
+    /// A generation for a session being created.
+    pub fn new_generation() -> Result<i64, StoreError> {
+        getrandom::u64()
+            .map(|g| i64::from_ne_bytes(g.to_ne_bytes()))
+            .map_err(|e| StoreError::Backend(format!("no randomness for a new session: {e}")))
     }
 
     /// Whether the record is still alive at `now`.
@@ -76,8 +94,18 @@ pub fn sql_version(version: u64) -> Result<i64, StoreError> {
 pub enum Expect {
     /// No live record exists (none at all, or only an expired one).
     Absent,
-    /// A live record exists at exactly this version.
-    Version(u64),
+    /// A live record exists at exactly this version of this generation.
+    Current { version: u64, generation: i64 },
+}
+
+impl Expect {
+    /// The record `current` must still be there, unchanged.
+    pub fn unchanged(current: &StoredSession) -> Expect {
+        Expect::Current {
+            version: current.version,
+            generation: current.generation,
+        }
+    }
 }
 
 /// Why a store operation failed.

@@ -1,5 +1,5 @@
 //! `postgres://`: one row per session, shared by any number of service instances. The
-//! conditional write is one statement (`UPDATE ... WHERE version = $expected` or
+//! conditional write is one statement (`UPDATE ... WHERE version = $v AND generation = $g` or
 //! `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`), so there are no table locks and no
 //! lost updates. Migrations run at start under sqlx's advisory lock, so instances may start
 //! together. Every call is bounded by the statement timeout, also on the client side, so an
@@ -60,10 +60,10 @@ impl PostgresStore {
 #[async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
-        let row: Option<(i64, Option<i64>, String)> = self
+        let row: Option<(i64, i64, Option<i64>, String)> = self
             .bounded(
                 sqlx::query_as(
-                    "SELECT version, expires_at, doc FROM sessions
+                    "SELECT version, generation, expires_at, doc FROM sessions
                      WHERE tenant = $1 AND session_id = $2 AND (expires_at IS NULL OR expires_at > $3)",
                 )
                 .bind(&key.tenant)
@@ -72,7 +72,7 @@ impl SessionStore for PostgresStore {
                 .fetch_optional(&self.pool),
             )
             .await?;
-        row.map(|(version, expires_at, doc)| StoredSession::from_sql(version, expires_at, doc))
+        row.map(|(version, generation, expires_at, doc)| StoredSession::from_sql(version, generation, expires_at, doc))
             .transpose()
     }
 
@@ -85,10 +85,13 @@ impl SessionStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let version = sql_version(record.version)?;
         let query = match expect {
-            Expect::Version(expected) => sqlx::query(
+            Expect::Current {
+                version: expected,
+                generation,
+            } => sqlx::query(
                 "UPDATE sessions SET version = $3, expires_at = $4, doc = $5
-                 WHERE tenant = $1 AND session_id = $2 AND version = $6
-                   AND (expires_at IS NULL OR expires_at > $7)",
+                 WHERE tenant = $1 AND session_id = $2 AND version = $6 AND generation = $7
+                   AND (expires_at IS NULL OR expires_at > $8)",
             )
             .bind(&key.tenant)
             .bind(&key.session_id)
@@ -96,17 +99,20 @@ impl SessionStore for PostgresStore {
             .bind(record.expires_at)
             .bind(&record.doc)
             .bind(sql_version(expected).unwrap_or(-1))
+            .bind(generation)
             .bind(now),
             Expect::Absent => sqlx::query(
-                "INSERT INTO sessions (tenant, session_id, version, expires_at, doc)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (tenant, session_id) DO UPDATE
-                   SET version = EXCLUDED.version, expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc
-                 WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= $6",
+                   SET version = EXCLUDED.version, generation = EXCLUDED.generation,
+                       expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc
+                 WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= $7",
             )
             .bind(&key.tenant)
             .bind(&key.session_id)
             .bind(version)
+            .bind(record.generation)
             .bind(record.expires_at)
             .bind(&record.doc)
             .bind(now),

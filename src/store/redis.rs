@@ -16,17 +16,18 @@ use super::url::RedisOptions;
 use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
 use crate::clock::Millis;
 
-/// KEYS[1]: the session. ARGV: expectation ("absent" or "version"), expected version, now,
-/// new version, expires_at ("" = never), doc, ttl in ms from now.
+/// KEYS[1]: the session. ARGV: expectation ("absent" or "current"), expected version, now,
+/// new version, expires_at ("" = never), doc, ttl in ms from now, expected generation, new
+/// generation. A hash without a generation (written before there was one) counts as "0".
 const WRITE: &str = r#"
-local stored = redis.call('HMGET', KEYS[1], 'v', 'e')
+local stored = redis.call('HMGET', KEYS[1], 'v', 'e', 'g')
 local live = stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[3]))
 if ARGV[1] == 'absent' then
   if live then return 0 end
-elseif not live or stored[1] ~= ARGV[2] then
+elseif not live or stored[1] ~= ARGV[2] or (stored[3] or '0') ~= ARGV[8] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6], 'g', ARGV[9])
 if ARGV[5] == '' then
   redis.call('HDEL', KEYS[1], 'e')
   redis.call('PERSIST', KEYS[1])
@@ -105,9 +106,10 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
-        let (version, expires_at, doc): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
+        type Fields = (Option<String>, Option<String>, Option<String>, Option<String>);
+        let (version, expires_at, doc, generation): Fields = redis::cmd("HMGET")
             .arg(self.key(key))
-            .arg(&["v", "e", "d"])
+            .arg(&["v", "e", "d", "g"])
             .query_async(&mut self.conn.clone())
             .await
             .map_err(from_redis)?;
@@ -121,8 +123,12 @@ where
             .map(|e| e.parse::<Millis>())
             .transpose()
             .map_err(|_| StoreError::Corrupt("expiry is not a number".into()))?;
+        let generation = generation
+            .map_or(Ok(0), |g| g.parse())
+            .map_err(|_| StoreError::Corrupt("generation is not a number".into()))?;
         let record = StoredSession {
             version,
+            generation,
             expires_at,
             doc,
         };
@@ -136,9 +142,9 @@ where
         record: &StoredSession,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let (kind, expected) = match expect {
-            Expect::Absent => ("absent", String::new()),
-            Expect::Version(v) => ("version", v.to_string()),
+        let (kind, expected, expected_generation) = match expect {
+            Expect::Absent => ("absent", String::new(), String::new()),
+            Expect::Current { version, generation } => ("current", version.to_string(), generation.to_string()),
         };
         let (expires_at, ttl) = match record.expires_at {
             // The native expiry is relative, so it does not depend on the clocks of Redis
@@ -156,6 +162,8 @@ where
             .arg(expires_at)
             .arg(&record.doc)
             .arg(ttl)
+            .arg(expected_generation)
+            .arg(record.generation)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(from_redis)?;

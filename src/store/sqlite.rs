@@ -46,6 +46,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions_by_rowid RENAME TO sessions;
     CREATE UNIQUE INDEX sessions_key ON sessions (tenant, session_id);
     CREATE INDEX sessions_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;",
+    // Which life of a session a row belongs to (see `StoredSession::generation`); rows written
+    // before it share generation 0, which is still told apart from every newly drawn one.
+    "ALTER TABLE sessions ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
@@ -148,22 +151,25 @@ impl SessionStore for SqliteStore {
         self.with_reader(|conn| {
             let row = conn
                 .prepare_cached(
-                    "SELECT version, expires_at, doc FROM sessions
+                    "SELECT version, generation, expires_at, doc FROM sessions
                      WHERE tenant = ?1 AND session_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
                 )
                 .and_then(|mut stmt| {
                     stmt.query_row(params![key.tenant, key.session_id, now], |row| {
                         Ok((
                             row.get::<_, i64>(0)?,
-                            row.get::<_, Option<i64>>(1)?,
-                            row.get::<_, String>(2)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, Option<i64>>(2)?,
+                            row.get::<_, String>(3)?,
                         ))
                     })
                     .optional()
                 })
                 .map_err(from_sqlite)?;
-            row.map(|(version, expires_at, doc)| StoredSession::from_sql(version, expires_at, doc))
-                .transpose()
+            row.map(|(version, generation, expires_at, doc)| {
+                StoredSession::from_sql(version, generation, expires_at, doc)
+            })
+            .transpose()
         })
     }
 
@@ -252,14 +258,14 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
     match change {
         Change::Write {
             key,
-            expect: Expect::Version(expected),
+            expect: Expect::Current { version, generation },
             record,
             now,
         } => conn
             .prepare_cached(
                 "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5
-                 WHERE tenant = ?1 AND session_id = ?2 AND version = ?6
-                   AND (expires_at IS NULL OR expires_at > ?7)",
+                 WHERE tenant = ?1 AND session_id = ?2 AND version = ?6 AND generation = ?7
+                   AND (expires_at IS NULL OR expires_at > ?8)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -268,7 +274,8 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
                     sql_version(record.version).unwrap_or(i64::MAX),
                     record.expires_at,
                     record.doc,
-                    sql_version(*expected).unwrap_or(-1),
+                    sql_version(*version).unwrap_or(-1),
+                    generation,
                     now
                 ])
             }),
@@ -279,17 +286,19 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
             now,
         } => conn
             .prepare_cached(
-                "INSERT INTO sessions (tenant, session_id, version, expires_at, doc)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tenant, session_id) DO UPDATE
-                   SET version = excluded.version, expires_at = excluded.expires_at, doc = excluded.doc
-                 WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?6",
+                   SET version = excluded.version, generation = excluded.generation,
+                       expires_at = excluded.expires_at, doc = excluded.doc
+                 WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?7",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
                     key.tenant,
                     key.session_id,
                     sql_version(record.version).unwrap_or(i64::MAX),
+                    record.generation,
                     record.expires_at,
                     record.doc,
                     now

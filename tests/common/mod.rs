@@ -140,6 +140,11 @@ impl TestApp {
 
     pub async fn with_limit(backend: Backend, max_body_bytes: usize) -> Self {
         let (store, dir) = open_store(backend).await;
+        Self::on_store(store, dir, max_body_bytes)
+    }
+
+    /// An app on a store the test built (for instance a wrapper that injects faults).
+    pub fn on_store(store: Arc<dyn SessionStore>, dir: Option<tempfile::TempDir>, max_body_bytes: usize) -> Self {
         let clock = Arc::new(ManualClock::new(START));
         let sessions = Sessions::new(store.clone(), clock.clone(), Some(TTL.as_millis() as i64));
         let verifier = Verifier::new(&AuthSettings {
