@@ -1,0 +1,506 @@
+//! Concurrent histories: many clients hammer a few sessions on each store, through the HTTP API
+//! (the real binary, two instances of it on the shared stores), and every operation is recorded
+//! with its call time, its return time and what it answered. Each session's history must then be
+//! linearizable against the contract's sequential model (`model.rs`): the version-checked PUTs
+//! and PATCHes, the unconditional attribute changes, deletes and reads all fit one order that
+//! respects real time. The run ends with a read of every session, so an acknowledged change
+//! that was lost or overwritten shows up as a violation.
+//!
+//! The checker is shown to catch what it must: unit tests on hand-made histories in
+//! `checker.rs`, and here a store that skips the version check is caught losing updates.
+//!
+//! In CI each store gets a short run. For longer ones (rounds of fresh sessions until a time
+//! bound): `scripts/histories.sh`, or `HISTORY_SECONDS=600 cargo test --release --test histories`.
+//! `HISTORY_SEED` replays a run's choices; `HISTORY_CLIENTS` and `HISTORY_OPS` size a round.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod checker;
+mod model;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::http::Method;
+use common::server::{Server, start};
+use common::*;
+use model::{Context, Input, Output, Session};
+use serde_json::{Value, json};
+use session_context::clock::Millis;
+use session_context::store::{Expect, MemoryStore, SessionKey, SessionStore, StoreError, StoredSession};
+
+const KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// A small, seedable generator (xorshift64*), so that a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+        .unwrap_or(default)
+}
+
+/// Where requests go: the router in this process, or real service processes.
+enum Target {
+    InProcess(TestApp),
+    /// The base URLs of running service processes.
+    Processes(Vec<String>, reqwest::Client),
+}
+
+/// What came back: status, ETag version and body; `None` when no answer came at all.
+struct Answer {
+    status: u16,
+    etag: Option<u64>,
+    json: Value,
+}
+
+fn etag_version(value: Option<&str>) -> Option<u64> {
+    value?.trim_matches('"').parse().ok()
+}
+
+impl Target {
+    async fn send(
+        &self,
+        instance: usize,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Option<Answer> {
+        match self {
+            Target::InProcess(app) => {
+                let reply = app.call(method, path, Some(token), body).await;
+                Some(Answer {
+                    status: reply.status.as_u16(),
+                    etag: etag_version(reply.header("etag")),
+                    json: reply.json,
+                })
+            }
+            Target::Processes(bases, client) => {
+                let base = &bases[instance % bases.len()];
+                let mut request = client
+                    .request(method, format!("{base}{path}"))
+                    .bearer_auth(token)
+                    .timeout(Duration::from_secs(20));
+                if let Some(body) = body {
+                    request = request.json(&body);
+                }
+                let response = request.send().await.ok()?;
+                let status = response.status().as_u16();
+                let etag = etag_version(response.headers().get("etag").and_then(|v| v.to_str().ok()));
+                let bytes = response.bytes().await.ok()?;
+                Some(Answer {
+                    status,
+                    etag,
+                    json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                })
+            }
+        }
+    }
+
+    fn instances(&self) -> usize {
+        match self {
+            Target::InProcess(_) => 1,
+            Target::Processes(bases, _) => bases.len(),
+        }
+    }
+}
+
+fn context_of(json: &Value) -> Option<Context> {
+    Some(
+        json["context"]
+            .as_object()?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// Reads an answer as the model's output; anything the contract does not allow for the
+/// operation becomes `Unknown` and is counted as a failure of the run.
+fn interpret(input: &Input, answer: Option<Answer>) -> Output {
+    let Some(answer) = answer else { return Output::Unknown };
+    let version = answer.etag;
+    match (input, answer.status, version) {
+        (Input::Get, 200, Some(v)) if answer.json["metadata"]["version"] == json!(v) => {
+            match context_of(&answer.json) {
+                Some(context) => Output::Found { version: v, context },
+                None => Output::Unknown,
+            }
+        }
+        (_, 404, _) => Output::Missing,
+        (Input::Put { .. } | Input::Patch { .. }, 201, Some(v)) => Output::Created { version: v },
+        (Input::Put { .. } | Input::Patch { .. }, 409, _) => match answer.json["currentVersion"].as_u64() {
+            Some(current) => Output::Conflict { current },
+            None => Output::Unknown,
+        },
+        (Input::Delete, 204, None) => Output::Deleted,
+        (
+            Input::Put { .. } | Input::Patch { .. } | Input::SetAttribute { .. } | Input::RemoveAttribute { .. },
+            204,
+            Some(v),
+        ) => Output::Updated { version: v },
+        (Input::RemoveAttribute { .. }, 204, None) => Output::Unchanged,
+        _ => Output::Unknown,
+    }
+}
+
+type Operation = checker::Operation<Input, Output>;
+
+/// One client's run: random operations on random sessions of `ids`, each recorded.
+async fn client(
+    target: Arc<Target>,
+    ids: Arc<Vec<String>>,
+    id: usize,
+    seed: u64,
+    ops: u64,
+    epoch: Instant,
+) -> Vec<(usize, Operation)> {
+    let mut rng = Rng(seed | 1);
+    let manager = manager();
+    let anonymous: Vec<String> = ids.iter().map(|s| common::anonymous(s)).collect();
+    // The version this client believes each session is at.
+    let mut known = vec![1u64; ids.len()];
+    let mut history = Vec::new();
+    for n in 0..ops {
+        let s = rng.below(ids.len() as u64) as usize;
+        let sid = &ids[s];
+        let value = json!(format!("c{id}-{n}")).to_string();
+        let key = KEYS[rng.below(KEYS.len() as u64) as usize].to_string();
+        // Mostly the version last seen; sometimes one off, to meet conflicts and stale writes.
+        let version = match rng.below(10) {
+            0 => known[s].saturating_sub(1).max(1),
+            1 => known[s] + 1,
+            _ => known[s],
+        };
+        let upsert = rng.chance(70);
+        let query = if upsert { "?upsert=true" } else { "" };
+        let roll = rng.below(100);
+        let (input, method, path, token, body) = if roll < 25 {
+            (Input::Get, Method::GET, context_path(sid, ""), &manager, None)
+        } else if roll < 50 {
+            let context: Context = KEYS
+                .iter()
+                .filter(|_| rng.chance(50))
+                .map(|k| (k.to_string(), value.clone()))
+                .collect();
+            let body_context: serde_json::Map<String, Value> = context
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+                .collect();
+            let body = json!({"context": body_context, "metadata": {"version": version}});
+            (
+                Input::Put {
+                    version,
+                    upsert,
+                    context,
+                },
+                Method::PUT,
+                context_path(sid, query),
+                &manager,
+                Some(body),
+            )
+        } else if roll < 65 {
+            let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
+            for k in KEYS {
+                if rng.chance(50) {
+                    changes.insert(k.to_string(), (!rng.chance(30)).then(|| value.clone()));
+                }
+            }
+            let body_context: serde_json::Map<String, Value> = changes
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_deref().map_or(Value::Null, |v| serde_json::from_str(v).unwrap()),
+                    )
+                })
+                .collect();
+            let body = json!({"context": body_context, "metadata": {"version": version}});
+            (
+                Input::Patch {
+                    version,
+                    upsert,
+                    changes,
+                },
+                Method::PATCH,
+                me_path(query),
+                &anonymous[s],
+                Some(body),
+            )
+        } else if roll < 85 {
+            let body = json!({"key": key, "value": serde_json::from_str::<Value>(&value).unwrap()});
+            (
+                Input::SetAttribute { key, value },
+                Method::POST,
+                context_path(sid, "/attributes"),
+                &manager,
+                Some(body),
+            )
+        } else if roll < 95 {
+            let path = context_path(sid, &format!("/attributes/{key}"));
+            (Input::RemoveAttribute { key }, Method::DELETE, path, &manager, None)
+        } else {
+            (Input::Delete, Method::DELETE, context_path(sid, ""), &manager, None)
+        };
+        let instance = rng.below(target.instances() as u64) as usize;
+        let called = epoch.elapsed().as_nanos() as u64;
+        let answer = target.send(instance, method, &path, token, body).await;
+        let output = interpret(&input, answer);
+        let returned = match output {
+            Output::Unknown => u64::MAX,
+            _ => epoch.elapsed().as_nanos() as u64,
+        };
+        match &output {
+            Output::Found { version, .. } | Output::Created { version } | Output::Updated { version } => {
+                known[s] = *version
+            }
+            Output::Conflict { current } => known[s] = *current,
+            Output::Missing | Output::Deleted => known[s] = 1,
+            Output::Unchanged | Output::Unknown => {}
+        }
+        history.push((
+            s,
+            checker::Operation {
+                client: id,
+                input,
+                output,
+                called,
+                returned,
+            },
+        ));
+    }
+    history
+}
+
+/// One round: `clients` clients on `sessions` fresh sessions, then a final read of each; returns
+/// each session's history.
+async fn round(target: &Arc<Target>, sessions: usize, clients: usize, ops: u64, seed: u64) -> Vec<Vec<Operation>> {
+    let ids: Arc<Vec<String>> = Arc::new((0..sessions).map(|_| unique_name("h")).collect());
+    let epoch = Instant::now();
+    let mut seeds = Rng(seed | 1);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| tokio::spawn(client(target.clone(), ids.clone(), c, seeds.next(), ops, epoch)))
+        .collect();
+    let mut per_session: Vec<Vec<Operation>> = (0..sessions).map(|_| Vec::new()).collect();
+    for task in tasks {
+        for (s, op) in task.await.expect("a client finishes") {
+            per_session[s].push(op);
+        }
+    }
+    let manager = manager();
+    for (s, sid) in ids.iter().enumerate() {
+        let called = epoch.elapsed().as_nanos() as u64;
+        let answer = target
+            .send(0, Method::GET, &context_path(sid, ""), &manager, None)
+            .await;
+        let output = interpret(&Input::Get, answer);
+        let returned = epoch.elapsed().as_nanos() as u64;
+        per_session[s].push(checker::Operation {
+            client: clients,
+            input: Input::Get,
+            output,
+            called,
+            returned,
+        });
+    }
+    per_session
+}
+
+/// Checks each session's history; the description of the first violation, if any.
+fn verify(histories: &[Vec<Operation>]) -> Result<(), String> {
+    for (s, history) in histories.iter().enumerate() {
+        if let Err(violation) = checker::check(&Session, history) {
+            let show = |ops: &[usize]| {
+                ops.iter()
+                    .map(|&i| {
+                        let op = &history[i];
+                        let returned = if op.returned == u64::MAX {
+                            "?".into()
+                        } else {
+                            op.returned.to_string()
+                        };
+                        format!(
+                            "  #{i} client {} [{} ns .. {returned} ns] {:?} -> {:?}",
+                            op.client, op.called, op.input, op.output
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let tail = violation.deepest_prefix.len().saturating_sub(8);
+            return Err(format!(
+                "session {s}: not linearizable ({} operations). Last of the deepest linearizable prefix:\n{}\nNone of these fits next:\n{}",
+                history.len(),
+                show(&violation.deepest_prefix[tail..]),
+                show(&violation.stuck_on),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("HISTORY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).expect("randomness");
+            u64::from_le_bytes(bytes)
+        });
+    eprintln!("HISTORY_SEED={seed}");
+    seed
+}
+
+/// Rounds on `target` until `HISTORY_SECONDS` (default: one round); every history must check.
+async fn histories_are_linearizable(target: Target) {
+    let target = Arc::new(target);
+    let seconds = setting("HISTORY_SECONDS", 0);
+    let clients = setting("HISTORY_CLIENTS", 8) as usize;
+    let ops = setting("HISTORY_OPS", 40);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut seeds = Rng(seed() | 1);
+    let (mut rounds, mut operations) = (0, 0);
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    loop {
+        let histories = round(&target, 2, clients, ops, seeds.next()).await;
+        let unknown: usize = histories
+            .iter()
+            .flatten()
+            .filter(|op| op.output == Output::Unknown)
+            .count();
+        if let Err(violation) = verify(&histories) {
+            panic!("round {rounds}: {violation}");
+        }
+        for op in histories.iter().flatten() {
+            *outcomes.entry(outcome_name(&op.output)).or_insert(0) += 1;
+        }
+        assert_eq!(unknown, 0, "every request gets an answer the contract allows");
+        rounds += 1;
+        operations += histories.iter().map(Vec::len).sum::<usize>();
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    eprintln!("{rounds} rounds, {operations} operations, all linearizable: {outcomes:?}");
+    // A run that never met a conflict or a missing session tested less than it claims.
+    for needed in ["found", "updated", "conflict", "created"] {
+        assert!(outcomes.contains_key(needed), "no {needed} answer in {outcomes:?}");
+    }
+}
+
+fn outcome_name(output: &Output) -> &'static str {
+    match output {
+        Output::Found { .. } => "found",
+        Output::Missing => "missing",
+        Output::Created { .. } => "created",
+        Output::Updated { .. } => "updated",
+        Output::Unchanged => "unchanged",
+        Output::Deleted => "deleted",
+        Output::Conflict { .. } => "conflict",
+        Output::Unknown => "unknown",
+    }
+}
+
+/// The target for `backend`: the memory store in process, one service process on SQLite, two
+/// on a shared store (as deployed). The servers and the data directory live as long as `_keep`.
+async fn real_processes(backend: Backend) -> (Target, (Vec<Server>, Option<tempfile::TempDir>)) {
+    let (servers, dir) = match backend {
+        Backend::Memory => return (Target::InProcess(TestApp::new(backend).await), (vec![], None)),
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let url = format!("sqlite://{}", dir.path().join("sessions.db").display());
+            (vec![start(&url)], Some(dir))
+        }
+        Backend::Postgres | Backend::Redis | Backend::RedisCluster => {
+            let url = namespaced_url(backend).await;
+            (vec![start(&url), start(&url)], None)
+        }
+    };
+    let bases = servers.iter().map(|s| s.base.clone()).collect();
+    (Target::Processes(bases, reqwest::Client::new()), (servers, dir))
+}
+
+async fn concurrent_histories_are_linearizable(backend: Backend) {
+    let (target, _keep) = real_processes(backend).await;
+    histories_are_linearizable(target).await;
+}
+
+on_every_backend!(concurrent_histories_are_linearizable);
+
+/// A store that forgets the version check: it writes over whatever is there (last writer
+/// wins), a moment after being asked, as a careless read-modify-write would.
+struct LastWriterWins(MemoryStore);
+
+#[async_trait]
+impl SessionStore for LastWriterWins {
+    async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
+        self.0.load(key, now).await
+    }
+
+    async fn write(
+        &self,
+        key: &SessionKey,
+        _expect: Expect,
+        record: &StoredSession,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let blind = match self.0.load(key, now).await? {
+            Some(current) => Expect::unchanged(&current),
+            None => Expect::Absent,
+        };
+        self.0.write(key, blind, record, now).await
+    }
+
+    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
+        self.0.delete(key, now).await
+    }
+
+    async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.0.sweep_expired(now, limit).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_loses_updates_is_caught() {
+    let store = Arc::new(LastWriterWins(MemoryStore::default()));
+    let target = Arc::new(Target::InProcess(TestApp::on_store(store, None, 65_536)));
+    let mut seeds = Rng(seed() | 1);
+    // Lost updates need two writers to meet in the store's 1 ms window; a few rounds make that
+    // all but certain.
+    for _ in 0..5 {
+        let histories = round(&target, 2, 8, 40, seeds.next()).await;
+        if let Err(violation) = verify(&histories) {
+            eprintln!("caught, as it should be: {violation}");
+            return;
+        }
+    }
+    panic!("the checker accepted five rounds on a store that skips the version check");
+}
