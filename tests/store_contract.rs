@@ -337,6 +337,10 @@ async fn sqlite_upgrades_a_first_version_database_without_losing_sessions() {
         .write(&key("kept"), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
         .await
         .unwrap();
+    assert_eq!(
+        store.load(&key("kept"), NOW).await.unwrap(),
+        Some(record(4, None, "new doc"))
+    );
     assert!(matches!(
         store
             .write(&key("kept"), Expect::Absent, &record(1, None, "x"), NOW)
@@ -344,3 +348,76 @@ async fn sqlite_upgrades_a_first_version_database_without_losing_sessions() {
         Err(StoreError::Conflict)
     ));
 }
+
+/// A hash written before sessions had a generation (no `g` field) loads as generation 0 and
+/// can still be updated.
+async fn redis_reads_records_written_before_generations(backend: Backend) {
+    let url = common::namespaced_url(backend).await;
+    let prefix = url.rsplit_once("prefix=").unwrap().1.to_owned();
+    let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
+    let base = backend.server_url().unwrap();
+    let mut conn = ::redis::Client::open(base.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("{prefix}:{{shop:old}}"))
+        .arg(&["v", "3", "d", "old doc"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let old = StoredSession {
+        generation: 0,
+        ..record(3, None, "old doc")
+    };
+    assert_eq!(store.load(&key("old"), NOW).await.unwrap(), Some(old.clone()));
+    store
+        .write(&key("old"), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&key("old"), NOW).await.unwrap(),
+        Some(record(4, None, "new doc"))
+    );
+}
+
+on_backend!(redis_upgrade, Redis, redis_reads_records_written_before_generations);
+
+/// A database migrated by an earlier release (only the first migration) is brought up to date
+/// at start, and its sessions load as generation 0 and can still be updated.
+async fn postgres_upgrades_a_first_release_database(backend: Backend) {
+    let url = common::namespaced_url(backend).await;
+    let first_only = tempfile::tempdir().unwrap();
+    let name = "0001_sessions.sql";
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    std::fs::copy(migrations.join(name), first_only.path().join(name)).unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(first_only.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO sessions (tenant, session_id, version, expires_at, doc) VALUES ('shop', 'old', 3, NULL, 'old doc')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
+    let old = StoredSession {
+        generation: 0,
+        ..record(3, None, "old doc")
+    };
+    assert_eq!(store.load(&key("old"), NOW).await.unwrap(), Some(old.clone()));
+    store
+        .write(&key("old"), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&key("old"), NOW).await.unwrap(),
+        Some(record(4, None, "new doc"))
+    );
+}
+
+on_backend!(postgres_upgrade, Postgres, postgres_upgrades_a_first_release_database);

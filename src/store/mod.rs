@@ -131,8 +131,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The live record under `key` at `now`; expired records are reported as missing.
     async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError>;
 
-    /// Stores `record` under `key` if `expect` holds at `now`, atomically; else
-    /// [`StoreError::Conflict`] and nothing changes.
+    /// Stores `record` (all of it, generation included) under `key` if `expect` holds at
+    /// `now`, atomically; else [`StoreError::Conflict`] and nothing changes.
     async fn write(
         &self,
         key: &SessionKey,

@@ -89,7 +89,7 @@ impl SessionStore for PostgresStore {
                 version: expected,
                 generation,
             } => sqlx::query(
-                "UPDATE sessions SET version = $3, expires_at = $4, doc = $5
+                "UPDATE sessions SET version = $3, expires_at = $4, doc = $5, generation = $9
                  WHERE tenant = $1 AND session_id = $2 AND version = $6 AND generation = $7
                    AND (expires_at IS NULL OR expires_at > $8)",
             )
@@ -100,7 +100,8 @@ impl SessionStore for PostgresStore {
             .bind(&record.doc)
             .bind(sql_version(expected).unwrap_or(-1))
             .bind(generation)
-            .bind(now),
+            .bind(now)
+            .bind(record.generation),
             Expect::Absent => sqlx::query(
                 "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc)
                  VALUES ($1, $2, $3, $4, $5, $6)

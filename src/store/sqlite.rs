@@ -263,7 +263,7 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
             now,
         } => conn
             .prepare_cached(
-                "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5
+                "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5, generation = ?9
                  WHERE tenant = ?1 AND session_id = ?2 AND version = ?6 AND generation = ?7
                    AND (expires_at IS NULL OR expires_at > ?8)",
             )
@@ -276,7 +276,8 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
                     record.doc,
                     sql_version(*version).unwrap_or(-1),
                     generation,
-                    now
+                    now,
+                    record.generation
                 ])
             }),
         Change::Write {
