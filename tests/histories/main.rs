@@ -139,10 +139,15 @@ fn context_of(json: &Value) -> Option<Context> {
 
 /// Reads an answer as the model's output; anything the contract does not allow for the
 /// operation becomes `Unknown` and is counted as a failure of the run.
-fn interpret(input: &Input, answer: Option<Answer>) -> Output {
+/// `me` says the request went to `/me/context`, where a POST answers 201 and the name.
+fn interpret(input: &Input, me: bool, answer: Option<Answer>) -> Output {
     let Some(answer) = answer else { return Output::Unknown };
     let version = answer.etag;
     match (input, answer.status, version) {
+        (Input::SetAttribute { key, .. }, 201, Some(v)) if me && answer.json == json!(key) => {
+            Output::Updated { version: v }
+        }
+        (Input::SetAttribute { .. }, 201 | 204, _) if me == (answer.status == 204) => Output::Unknown,
         (Input::Get, 200, Some(v)) if answer.json["metadata"]["version"] == json!(v) => {
             match context_of(&answer.json) {
                 Some(context) => Output::Found { version: v, context },
@@ -197,8 +202,16 @@ async fn client(
         let upsert = rng.chance(70);
         let query = if upsert { "?upsert=true" } else { "" };
         let roll = rng.below(100);
+        // Reads and attribute changes go through the management routes or through /me with
+        // the session's own storefront token.
+        let me = rng.chance(40);
+        let (via, token) = if me {
+            (me_path(""), &anonymous[s])
+        } else {
+            (context_path(sid, ""), &manager)
+        };
         let (input, method, path, token, body) = if roll < 25 {
-            (Input::Get, Method::GET, context_path(sid, ""), &manager, None)
+            (Input::Get, Method::GET, via, token, None)
         } else if roll < 50 {
             let context: Context = KEYS
                 .iter()
@@ -254,20 +267,20 @@ async fn client(
             (
                 Input::SetAttribute { key, value },
                 Method::POST,
-                context_path(sid, "/attributes"),
-                &manager,
+                format!("{via}/attributes"),
+                token,
                 Some(body),
             )
         } else if roll < 95 {
-            let path = context_path(sid, &format!("/attributes/{key}"));
-            (Input::RemoveAttribute { key }, Method::DELETE, path, &manager, None)
+            let path = format!("{via}/attributes/{key}");
+            (Input::RemoveAttribute { key }, Method::DELETE, path, token, None)
         } else {
             (Input::Delete, Method::DELETE, context_path(sid, ""), &manager, None)
         };
         let instance = rng.below(target.instances() as u64) as usize;
         let called = epoch.elapsed().as_nanos() as u64;
         let answer = target.send(instance, method, &path, token, body).await;
-        let output = interpret(&input, answer);
+        let output = interpret(&input, me, answer);
         let returned = match output {
             Output::Unknown => u64::MAX,
             _ => epoch.elapsed().as_nanos() as u64,
@@ -315,7 +328,7 @@ async fn round(target: &Arc<Target>, sessions: usize, clients: usize, ops: u64, 
         let answer = target
             .send(0, Method::GET, &context_path(sid, ""), &manager, None)
             .await;
-        let output = interpret(&Input::Get, answer);
+        let output = interpret(&Input::Get, false, answer);
         let returned = epoch.elapsed().as_nanos() as u64;
         per_session[s].push(checker::Operation {
             client: clients,

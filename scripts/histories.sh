@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Long concurrent-history runs (tests/histories): on every store, rounds of clients hammering
+# fresh sessions through the real binary (two instances on PostgreSQL, Redis and Redis
+# Cluster), each round's history checked for linearizability, until the time bound.
+#   scripts/histories.sh                          # 120 s per store
+#   HISTORY_SECONDS=1800 HISTORY_CLIENTS=16 scripts/histories.sh
+#   HISTORY_SEED=<printed seed> scripts/histories.sh   # replay a failing run's choices
+# The shared stores come from the same variables as `cargo test` (SESSION_CONTEXT_TEST_*_URL,
+# see README); a store without one is skipped loudly (a failure under CI=true). Start a local
+# cluster with scripts/redis-cluster.sh start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HISTORY_SECONDS=${HISTORY_SECONDS:-120}
+# One store at a time, so each gets the whole time bound and both cores.
+cargo test --test histories -- --test-threads=1 --nocapture concurrent_histories 2>&1 \
+    | grep -E 'HISTORY_SEED|rounds|^test |panicked|not linearizable|#[0-9]+ client|None of these|test result'
