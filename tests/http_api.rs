@@ -755,6 +755,49 @@ async fn bodies_must_be_json_objects_within_limits(backend: Backend) {
     );
 }
 
+/// Numbers at and past the edges: versions beyond u64, floats beyond f64, and extreme values
+/// that are valid and must come back exactly as sent.
+async fn numbers_out_of_range_are_refused_and_extreme_ones_kept(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    app.create(SID, full_body(1)).await;
+    let raw_put = |body: &str, if_match: Option<&str>| {
+        let mut builder = Request::builder()
+            .method(Method::PUT)
+            .uri(context_path(SID, ""))
+            .header("authorization", format!("Bearer {}", manager()))
+            .header("content-type", "application/json");
+        if let Some(tag) = if_match {
+            builder = builder.header("if-match", tag);
+        }
+        builder.body(Body::from(body.to_owned())).unwrap()
+    };
+    for body in [
+        r#"{"metadata":{"version":18446744073709551616}}"#,
+        r#"{"metadata":{"version":1e400}}"#,
+        r#"{"metadata":{"version":-0.5}}"#,
+        r#"{"context":{"n":1e400},"metadata":{"version":1}}"#,
+        r#"{"context":{"n":-1e400},"metadata":{"version":1}}"#,
+    ] {
+        app.send(raw_put(body, None)).await.assert_error(400, "validation_error");
+    }
+    app.send(raw_put("{}", Some("\"18446744073709551616\"")))
+        .await
+        .assert_error(400, "validation_error");
+    // The largest version is a valid number, just not the current one.
+    let max = app
+        .send(raw_put(r#"{"metadata":{"version":18446744073709551615}}"#, None))
+        .await;
+    max.assert_error(409, "conflict");
+    assert_eq!(max.json["currentVersion"], json!(1));
+    let extremes = r#"{"context":{"big":18446744073709551615,"small":-9223372036854775808,"huge":1.7976931348623157e308,"tiny":5e-324,"long":31133330000000000000000010232598767690969414},"metadata":{"version":1}}"#;
+    let stored = app.send(raw_put(extremes, None)).await;
+    assert_eq!(stored.status, StatusCode::NO_CONTENT, "{}", stored.text);
+    let sent: Value = serde_json::from_str(extremes).unwrap();
+    let read = app.read(SID).await;
+    assert_eq!(read.json["context"], sent["context"], "{}", read.text);
+    assert_eq!(read.version(), 2, "only the valid request changed the session");
+}
+
 async fn unknown_routes_and_methods_answer_with_the_error_body(backend: Backend) {
     let app = TestApp::new(backend).await;
     app.call(Method::GET, "/nothing/here", None, None)
@@ -898,6 +941,7 @@ on_every_backend!(
     customer_sessions_do_not_expire_until_the_customer_is_removed,
     path_parameters_follow_the_input_rules,
     bodies_must_be_json_objects_within_limits,
+    numbers_out_of_range_are_refused_and_extreme_ones_kept,
     unknown_routes_and_methods_answer_with_the_error_body,
     the_same_session_id_under_two_tenants_is_two_sessions,
     health_metrics_and_openapi_are_served_without_a_token,
