@@ -328,25 +328,31 @@ async fn sqlite_upgrades_a_first_version_database_without_losing_sessions() {
         .unwrap();
     }
     let store = session_context::store::SqliteStore::open(&path).await.unwrap();
-    let old = StoredSession {
-        generation: 0,
-        ..record(3, None, "old doc")
-    };
-    assert_eq!(store.load(&key("kept"), NOW).await.unwrap(), Some(old.clone()));
-    store
-        .write(&key("kept"), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load(&key("kept"), NOW).await.unwrap(),
-        Some(record(4, None, "new doc"))
-    );
+    old_record_loads_as_generation_zero_and_updates(&store, "kept").await;
     assert!(matches!(
         store
             .write(&key("kept"), Expect::Absent, &record(1, None, "x"), NOW)
             .await,
         Err(StoreError::Conflict)
     ));
+}
+
+/// Session `id`, written by an earlier release at version 3 with "old doc", loads as
+/// generation 0 and takes an update.
+async fn old_record_loads_as_generation_zero_and_updates(store: &dyn SessionStore, id: &str) {
+    let old = StoredSession {
+        generation: 0,
+        ..record(3, None, "old doc")
+    };
+    assert_eq!(store.load(&key(id), NOW).await.unwrap(), Some(old.clone()));
+    store
+        .write(&key(id), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&key(id), NOW).await.unwrap(),
+        Some(record(4, None, "new doc"))
+    );
 }
 
 /// A hash written before sessions had a generation (no `g` field) loads as generation 0 and
@@ -367,19 +373,7 @@ async fn redis_reads_records_written_before_generations(backend: Backend) {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let old = StoredSession {
-        generation: 0,
-        ..record(3, None, "old doc")
-    };
-    assert_eq!(store.load(&key("old"), NOW).await.unwrap(), Some(old.clone()));
-    store
-        .write(&key("old"), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load(&key("old"), NOW).await.unwrap(),
-        Some(record(4, None, "new doc"))
-    );
+    old_record_loads_as_generation_zero_and_updates(store.as_ref(), "old").await;
 }
 
 on_backend!(redis_upgrade, Redis, redis_reads_records_written_before_generations);
@@ -405,19 +399,7 @@ async fn postgres_upgrades_a_first_release_database(backend: Backend) {
         .unwrap();
     pool.close().await;
     let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
-    let old = StoredSession {
-        generation: 0,
-        ..record(3, None, "old doc")
-    };
-    assert_eq!(store.load(&key("old"), NOW).await.unwrap(), Some(old.clone()));
-    store
-        .write(&key("old"), Expect::unchanged(&old), &record(4, None, "new doc"), NOW)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load(&key("old"), NOW).await.unwrap(),
-        Some(record(4, None, "new doc"))
-    );
+    old_record_loads_as_generation_zero_and_updates(store.as_ref(), "old").await;
 }
 
 on_backend!(postgres_upgrade, Postgres, postgres_upgrades_a_first_release_database);
