@@ -23,8 +23,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
+        Self::start_listening("127.0.0.1:0", args)
+    }
+
+    /// Starts on `listen` (for a restart on the address a killed server had).
+    pub fn start_listening(listen: &str, args: &[&str]) -> Server {
         let mut command = Command::new(BIN);
-        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        command.arg("serve").args(["--listen", listen]).args(args);
         for (name, _) in std::env::vars() {
             if name.starts_with("SESSION_CONTEXT_") {
                 command.env_remove(name);
@@ -96,7 +101,15 @@ pub fn secret() -> &'static str {
 
 /// `serve` on `store_url` with the tests' secret.
 pub fn start(store_url: &str) -> Server {
-    Server::start(&["--store", store_url, "--jwt-secret", secret(), "--anonymous-ttl", "1h"])
+    start_at("127.0.0.1:0", store_url)
+}
+
+/// `serve` on `store_url` with the tests' secret, listening on `listen`.
+pub fn start_at(listen: &str, store_url: &str) -> Server {
+    Server::start_listening(
+        listen,
+        &["--store", store_url, "--jwt-secret", secret(), "--anonymous-ttl", "1h"],
+    )
 }
 
 pub fn context_url(server: &Server, id: &str) -> String {

@@ -6,6 +6,9 @@
 //! respects real time. The run ends with a read of every session, so an acknowledged change
 //! that was lost or overwritten shows up as a violation.
 //!
+//! Crash rounds kill one service process with SIGKILL while the clients run and restart it on
+//! the same store; requests left without an answer may or may not have happened.
+//!
 //! The checker is shown to catch what it must: unit tests on hand-made histories in
 //! `checker.rs`, and here a store that skips the version check is caught losing updates.
 //!
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::http::Method;
-use common::server::{Server, start};
+use common::server::{Server, start, start_at};
 use common::*;
 use model::{Context, Input, Output, Session};
 use serde_json::{Value, json};
@@ -68,7 +71,10 @@ enum Target {
     Processes(Vec<String>, reqwest::Client),
 }
 
-/// What came back: status, ETag version and body; `None` when no answer came at all.
+/// The request never reached a server (connection refused): it certainly did not happen.
+struct NotSent;
+
+/// What came back: status, ETag version and body.
 struct Answer {
     status: u16,
     etag: Option<u64>,
@@ -87,15 +93,15 @@ impl Target {
         path: &str,
         token: &str,
         body: Option<Value>,
-    ) -> Option<Answer> {
+    ) -> Result<Option<Answer>, NotSent> {
         match self {
             Target::InProcess(app) => {
                 let reply = app.call(method, path, Some(token), body).await;
-                Some(Answer {
+                Ok(Some(Answer {
                     status: reply.status.as_u16(),
                     etag: etag_version(reply.header("etag")),
                     json: reply.json,
-                })
+                }))
             }
             Target::Processes(bases, client) => {
                 let base = &bases[instance % bases.len()];
@@ -106,15 +112,43 @@ impl Target {
                 if let Some(body) = body {
                     request = request.json(&body);
                 }
-                let response = request.send().await.ok()?;
+                let response = match request.send().await {
+                    Ok(response) => response,
+                    Err(e) if e.is_connect() => return Err(NotSent),
+                    // Sent, perhaps received and applied, but no answer came.
+                    Err(_) => return Ok(None),
+                };
                 let status = response.status().as_u16();
                 let etag = etag_version(response.headers().get("etag").and_then(|v| v.to_str().ok()));
-                let bytes = response.bytes().await.ok()?;
-                Some(Answer {
+                let Ok(bytes) = response.bytes().await else {
+                    return Ok(None);
+                };
+                Ok(Some(Answer {
                     status,
                     etag,
                     json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                })
+                }))
+            }
+        }
+    }
+
+    /// Sends until the request reaches a server (one may be restarting), for at most 30 s.
+    async fn deliver(
+        &self,
+        instance: usize,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Option<Answer> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.send(instance, method.clone(), path, token, body.clone()).await {
+                Ok(answer) => return answer,
+                Err(NotSent) => {
+                    assert!(Instant::now() < deadline, "no server took requests for 30 s");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
     }
@@ -188,7 +222,8 @@ async fn client(
     // The version this client believes each session is at.
     let mut known = vec![1u64; ids.len()];
     let mut history = Vec::new();
-    for n in 0..ops {
+    let mut n = 0;
+    while n < ops {
         let s = rng.below(ids.len() as u64) as usize;
         let sid = &ids[s];
         let value = json!(format!("c{id}-{n}")).to_string();
@@ -279,7 +314,15 @@ async fn client(
         };
         let instance = rng.below(target.instances() as u64) as usize;
         let called = epoch.elapsed().as_nanos() as u64;
-        let answer = target.send(instance, method, &path, token, body).await;
+        let answer = match target.send(instance, method, &path, token, body).await {
+            Ok(answer) => answer,
+            Err(NotSent) => {
+                // Not an operation at all; wait for the server to come back.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        n += 1;
         let output = interpret(&input, me, answer);
         let returned = match output {
             Output::Unknown => u64::MAX,
@@ -307,15 +350,23 @@ async fn client(
     history
 }
 
-/// One round: `clients` clients on `sessions` fresh sessions, then a final read of each; returns
-/// each session's history.
-async fn round(target: &Arc<Target>, sessions: usize, clients: usize, ops: u64, seed: u64) -> Vec<Vec<Operation>> {
+/// One round: `clients` clients on `sessions` fresh sessions; `meanwhile` runs alongside them
+/// and has finished before the final read of each session. Returns each session's history.
+async fn round(
+    target: &Arc<Target>,
+    sessions: usize,
+    clients: usize,
+    ops: u64,
+    seed: u64,
+    meanwhile: impl Future<Output = ()>,
+) -> Vec<Vec<Operation>> {
     let ids: Arc<Vec<String>> = Arc::new((0..sessions).map(|_| unique_name("h")).collect());
     let epoch = Instant::now();
     let mut seeds = Rng(seed | 1);
     let tasks: Vec<_> = (0..clients)
         .map(|c| tokio::spawn(client(target.clone(), ids.clone(), c, seeds.next(), ops, epoch)))
         .collect();
+    meanwhile.await;
     let mut per_session: Vec<Vec<Operation>> = (0..sessions).map(|_| Vec::new()).collect();
     for task in tasks {
         for (s, op) in task.await.expect("a client finishes") {
@@ -326,7 +377,7 @@ async fn round(target: &Arc<Target>, sessions: usize, clients: usize, ops: u64, 
     for (s, sid) in ids.iter().enumerate() {
         let called = epoch.elapsed().as_nanos() as u64;
         let answer = target
-            .send(0, Method::GET, &context_path(sid, ""), &manager, None)
+            .deliver(0, Method::GET, &context_path(sid, ""), &manager, None)
             .await;
         let output = interpret(&Input::Get, false, answer);
         let returned = epoch.elapsed().as_nanos() as u64;
@@ -398,7 +449,7 @@ async fn histories_are_linearizable(target: Target) {
     let (mut rounds, mut operations) = (0, 0);
     let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
     loop {
-        let histories = round(&target, 2, clients, ops, seeds.next()).await;
+        let histories = round(&target, 2, clients, ops, seeds.next(), async {}).await;
         let unknown: usize = histories
             .iter()
             .flatten()
@@ -440,18 +491,12 @@ fn outcome_name(output: &Output) -> &'static str {
 /// The target for `backend`: the memory store in process, one service process on SQLite, two
 /// on a shared store (as deployed). The servers and the data directory live as long as `_keep`.
 async fn real_processes(backend: Backend) -> (Target, (Vec<Server>, Option<tempfile::TempDir>)) {
-    let (servers, dir) = match backend {
-        Backend::Memory => return (Target::InProcess(TestApp::new(backend).await), (vec![], None)),
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("a temp dir");
-            let url = format!("sqlite://{}", dir.path().join("sessions.db").display());
-            (vec![start(&url)], Some(dir))
-        }
-        Backend::Postgres | Backend::Redis | Backend::RedisCluster => {
-            let url = namespaced_url(backend).await;
-            (vec![start(&url), start(&url)], None)
-        }
-    };
+    if backend == Backend::Memory {
+        return (Target::InProcess(TestApp::new(backend).await), (vec![], None));
+    }
+    let (url, dir) = store_url(backend).await;
+    let instances = if backend == Backend::Sqlite { 1 } else { 2 };
+    let servers = (0..instances).map(|_| start(&url)).collect::<Vec<_>>();
     let bases = servers.iter().map(|s| s.base.clone()).collect();
     (Target::Processes(bases, reqwest::Client::new()), (servers, dir))
 }
@@ -462,6 +507,73 @@ async fn concurrent_histories_are_linearizable(backend: Backend) {
 }
 
 on_every_backend!(concurrent_histories_are_linearizable);
+
+/// A store URL for `backend` and, for SQLite, the directory its file lives in.
+async fn store_url(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            (
+                format!("sqlite://{}", dir.path().join("sessions.db").display()),
+                Some(dir),
+            )
+        }
+        _ => (namespaced_url(backend).await, None),
+    }
+}
+
+/// Rounds in which one service process is killed with SIGKILL while the clients run, and
+/// restarted on the same address and store. Requests that were in flight have no answer and may
+/// or may not have happened (the checker allows both); everything acknowledged must be there
+/// and every history must still be linearizable. `HISTORY_CRASHES` rounds (default 1).
+async fn histories_stay_linearizable_across_kill_9(backend: Backend) {
+    let (url, _dir) = store_url(backend).await;
+    let instances = if backend == Backend::Sqlite { 1 } else { 2 };
+    let mut servers: Vec<Server> = (0..instances).map(|_| start(&url)).collect();
+    let bases = servers.iter().map(|s| s.base.clone()).collect();
+    let target = Arc::new(Target::Processes(bases, reqwest::Client::new()));
+    let mut seeds = Rng(seed() | 1);
+    let (mut unknown, mut operations) = (0, 0);
+    for crash in 0..setting("HISTORY_CRASHES", 1) {
+        let mut victim = servers.remove(0);
+        let listen = victim.base.trim_start_matches("http://").to_owned();
+        let (url, delay) = (url.clone(), Duration::from_millis(100 + seeds.below(300)));
+        let (restarted_tx, restarted_rx) = std::sync::mpsc::channel();
+        let crash_and_restart = async move {
+            let restarted = tokio::task::spawn_blocking(move || {
+                std::thread::sleep(delay);
+                victim.child.kill().expect("SIGKILL");
+                victim.wait_exit(Duration::from_secs(5));
+                drop(victim);
+                start_at(&listen, &url)
+            })
+            .await
+            .expect("the server restarts");
+            restarted_tx.send(restarted).expect("the test is waiting");
+        };
+        let histories = round(&target, 2, 8, 80, seeds.next(), crash_and_restart).await;
+        servers.insert(0, restarted_rx.recv().expect("the restarted server"));
+        if let Err(violation) = verify(&histories) {
+            panic!("crash {crash}: {violation}");
+        }
+        unknown += histories
+            .iter()
+            .flatten()
+            .filter(|op| op.output == Output::Unknown)
+            .count();
+        operations += histories.iter().map(Vec::len).sum::<usize>();
+    }
+    eprintln!("{operations} operations across SIGKILL, {unknown} without an answer, all linearizable");
+}
+
+on_backend!(sqlite_kill_9, Sqlite, histories_stay_linearizable_across_kill_9);
+on_backend!(postgres_kill_9, Postgres, histories_stay_linearizable_across_kill_9);
+on_backend!(redis_kill_9, Redis, histories_stay_linearizable_across_kill_9);
+on_backend!(
+    redis_cluster_kill_9,
+    RedisCluster,
+    histories_stay_linearizable_across_kill_9
+);
 
 /// A store that forgets the version check: it writes over whatever is there (last writer
 /// wins), a moment after being asked, as a careless read-modify-write would.
@@ -509,7 +621,7 @@ async fn a_store_that_loses_updates_is_caught() {
     // Lost updates need two writers to meet in the store's 1 ms window; a few rounds make that
     // all but certain.
     for _ in 0..5 {
-        let histories = round(&target, 2, 8, 40, seeds.next()).await;
+        let histories = round(&target, 2, 8, 40, seeds.next(), async {}).await;
         if let Err(violation) = verify(&histories) {
             eprintln!("caught, as it should be: {violation}");
             return;
