@@ -778,7 +778,9 @@ async fn numbers_out_of_range_are_refused_and_extreme_ones_kept(backend: Backend
         r#"{"context":{"n":1e400},"metadata":{"version":1}}"#,
         r#"{"context":{"n":-1e400},"metadata":{"version":1}}"#,
     ] {
-        app.send(raw_put(body, None)).await.assert_error(400, "validation_error");
+        app.send(raw_put(body, None))
+            .await
+            .assert_error(400, "validation_error");
     }
     app.send(raw_put("{}", Some("\"18446744073709551616\"")))
         .await
