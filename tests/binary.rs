@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::server::{BIN, Server};
@@ -57,9 +57,11 @@ async fn acknowledged_writes_survive_kill_9(backend: common::Backend) {
     assert_eq!(created.status(), 201);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let (client, base, manager, stop) = (client.clone(), base.clone(), manager.clone(), stop.clone());
+            let written = written.clone();
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for n in 0.. {
@@ -80,7 +82,10 @@ async fn acknowledged_writes_survive_kill_9(backend: common::Backend) {
                         .send()
                         .await;
                     match (put, attr) {
-                        (Ok(p), Ok(a)) if p.status() == 201 && a.status() == 204 => acknowledged.push(id),
+                        (Ok(p), Ok(a)) if p.status() == 201 && a.status() == 204 => {
+                            acknowledged.push(id);
+                            written.fetch_add(1, Ordering::Relaxed);
+                        }
                         (Ok(p), _) if p.status() == 201 => {
                             acknowledged.push(format!("session-only:{id}"));
                             break;
@@ -92,7 +97,12 @@ async fn acknowledged_writes_survive_kill_9(backend: common::Backend) {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill once the load is well under way (however slow this machine is right now).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while written.load(Ordering::Relaxed) < 40 {
+        assert!(Instant::now() < deadline, "the load made too few writes in 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.child.kill().unwrap(); // SIGKILL, in the middle of the load
     server.wait_exit(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
