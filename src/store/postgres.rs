@@ -35,6 +35,10 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size)
             .acquire_timeout(options.connect_timeout)
+            // sqlx pings every pooled connection before lending it: a second round trip per
+            // query. A broken connection shows itself on the query instead (503, and sqlx
+            // drops it), so the ping buys nothing here.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .map_err(from_sqlx)?;
