@@ -63,7 +63,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_CONTEXT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Where sessions are stored: sqlite://PATH or memory://.
+    /// Where sessions are stored: sqlite://PATH, memory://, postgres://..., redis://...,
+    /// redis-cluster://... (rediss:// and rediss-cluster:// for TLS).
     #[arg(
         long,
         env = "SESSION_CONTEXT_STORE",

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script};
+use redis::{RedisError, Script, TlsCertificates};
 
 use super::url::RedisOptions;
 use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
@@ -57,7 +57,12 @@ pub struct RedisStore<C> {
 impl RedisStore<ConnectionManager> {
     /// Connects to one Redis server (reconnecting by itself when it goes away).
     pub async fn open_single(options: &RedisOptions) -> Result<Self, StoreError> {
-        let client = redis::Client::open(options.nodes[0].as_str()).map_err(from_redis)?;
+        let node = options.nodes[0].as_str();
+        let client = match trusted_cas(options)? {
+            Some(certificates) => redis::Client::build_with_tls(node, certificates),
+            None => redis::Client::open(node),
+        }
+        .map_err(from_redis)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -73,15 +78,29 @@ impl RedisStore<ConnectionManager> {
 impl RedisStore<ClusterConnection> {
     /// Connects to a Redis Cluster, discovering the topology from any listed node.
     pub async fn open_cluster(options: &RedisOptions) -> Result<Self, StoreError> {
-        let client = ClusterClientBuilder::new(options.nodes.iter().map(String::as_str))
+        let mut builder = ClusterClientBuilder::new(options.nodes.iter().map(String::as_str))
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.response_timeout)
-            .retries(2)
-            .build()
-            .map_err(from_redis)?;
+            .retries(2);
+        if let Some(certificates) = trusted_cas(options)? {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build().map_err(from_redis)?;
         let conn = client.get_async_connection().await.map_err(from_redis)?;
         Ok(Self::with(conn, options))
     }
+}
+
+/// The private certificate authorities a `rediss://` URL names with `ca=`, if any; without
+/// one, TLS trusts the system's authorities.
+fn trusted_cas(options: &RedisOptions) -> Result<Option<TlsCertificates>, StoreError> {
+    let Some(path) = &options.ca else { return Ok(None) };
+    let pem = std::fs::read(path)
+        .map_err(|e| StoreError::Backend(format!("cannot read the CA file {}: {e}", path.display())))?;
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
 }
 
 impl<C> RedisStore<C> {

@@ -18,9 +18,10 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// `postgres://USER@HOST:PORT/DB?pool_size=16&connect_timeout=3s&statement_timeout=5s&sslmode=require`
     Postgres(PostgresOptions),
-    /// `redis://HOST:PORT/DB?prefix=sc&connect_timeout=3s&response_timeout=2s`
+    /// `redis://HOST:PORT/DB?prefix=sc&connect_timeout=3s&response_timeout=2s`, or `rediss://`
+    /// for TLS (`&ca=PATH` to trust a private CA instead of the system's).
     Redis(RedisOptions),
-    /// `redis-cluster://HOST:PORT,HOST:PORT,...?prefix=sc&...`
+    /// `redis-cluster://HOST:PORT,HOST:PORT,...?prefix=sc&...`, or `rediss-cluster://` for TLS.
     RedisCluster(RedisOptions),
 }
 
@@ -40,8 +41,11 @@ pub struct PostgresOptions {
 /// A Redis or Redis Cluster store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
-    /// `redis://` URLs of the server, or of the cluster nodes to discover the topology from.
+    /// `redis://` (or `rediss://`) URLs of the server, or of the cluster nodes to discover the
+    /// topology from.
     pub nodes: Vec<String>,
+    /// With TLS: a PEM file of the certificate authorities to trust instead of the system's.
+    pub ca: Option<PathBuf>,
     /// Namespace of every key (`<prefix>:{<tenant>:<sessionId>}`).
     pub prefix: String,
     pub connect_timeout: Duration,
@@ -55,7 +59,7 @@ impl FromStr for StoreUrl {
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             format!(
-                "store URL `{url}` has no scheme (sqlite://PATH, memory://, postgres://, redis://, redis-cluster://)"
+                "store URL `{url}` has no scheme (sqlite://PATH, memory://, postgres://, redis://, redis-cluster://, rediss://, rediss-cluster://)"
             )
         })?;
         match scheme {
@@ -66,10 +70,12 @@ impl FromStr for StoreUrl {
             }
             "sqlite" => Ok(StoreUrl::Sqlite(PathBuf::from(rest))),
             "postgres" | "postgresql" => parse_postgres(url).map(StoreUrl::Postgres),
-            "redis" => parse_redis(rest, false).map(StoreUrl::Redis),
-            "redis-cluster" => parse_redis(rest, true).map(StoreUrl::RedisCluster),
+            "redis" => parse_redis(rest, false, false).map(StoreUrl::Redis),
+            "rediss" => parse_redis(rest, false, true).map(StoreUrl::Redis),
+            "redis-cluster" => parse_redis(rest, true, false).map(StoreUrl::RedisCluster),
+            "rediss-cluster" => parse_redis(rest, true, true).map(StoreUrl::RedisCluster),
             _ => Err(format!(
-                "unknown store scheme `{scheme}`; use sqlite://, memory://, postgres://, redis:// or redis-cluster://"
+                "unknown store scheme `{scheme}`; use sqlite://, memory://, postgres://, redis://, redis-cluster:// (rediss:// and rediss-cluster:// for TLS)"
             )),
         }
     }
@@ -106,10 +112,11 @@ fn parse_postgres(text: &str) -> Result<PostgresOptions, String> {
     Ok(options)
 }
 
-fn parse_redis(rest: &str, cluster: bool) -> Result<RedisOptions, String> {
+fn parse_redis(rest: &str, cluster: bool, tls: bool) -> Result<RedisOptions, String> {
     let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut options = RedisOptions {
         nodes: Vec::new(),
+        ca: None,
         prefix: "sc".into(),
         connect_timeout: Duration::from_secs(3),
         response_timeout: Duration::from_secs(2),
@@ -120,6 +127,9 @@ fn parse_redis(rest: &str, cluster: bool) -> Result<RedisOptions, String> {
             "prefix" => return Err("prefix must be non-empty and without braces".into()),
             "connect_timeout" => options.connect_timeout = duration_param("connect_timeout", &value)?,
             "response_timeout" => options.response_timeout = duration_param("response_timeout", &value)?,
+            "ca" if tls && !value.is_empty() => options.ca = Some(PathBuf::from(value.as_ref())),
+            "ca" if tls => return Err("ca must name a PEM file".into()),
+            "ca" => return Err("ca is for TLS: use rediss:// or rediss-cluster://".into()),
             other => return Err(format!("unknown redis store option `{other}`")),
         }
     }
@@ -134,8 +144,9 @@ fn parse_redis(rest: &str, cluster: bool) -> Result<RedisOptions, String> {
     if !cluster && hosts.len() > 1 {
         return Err("redis:// takes one host; use redis-cluster:// for several".into());
     }
+    let scheme = if tls { "rediss" } else { "redis" };
     for host in hosts {
-        let node = format!("redis://{userinfo}{host}");
+        let node = format!("{scheme}://{userinfo}{host}");
         Url::parse(&node).map_err(|e| format!("invalid redis address `{host}`: {e}"))?;
         options.nodes.push(node);
     }
@@ -221,6 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn rediss_urls_use_tls_and_may_name_a_ca() {
+        let Ok(StoreUrl::Redis(single)) = "rediss://cache:6380/0?ca=/etc/ca.pem".parse::<StoreUrl>() else {
+            panic!("not redis")
+        };
+        assert_eq!(single.nodes, ["rediss://cache:6380/0"]);
+        assert_eq!(single.ca, Some(PathBuf::from("/etc/ca.pem")));
+        let Ok(StoreUrl::RedisCluster(cluster)) = "rediss-cluster://a:7001,b:7002".parse::<StoreUrl>() else {
+            panic!("not a cluster")
+        };
+        assert_eq!(cluster.nodes, ["rediss://a:7001", "rediss://b:7002"]);
+        assert_eq!(cluster.ca, None);
+    }
+
+    #[test]
     fn refuses_what_it_cannot_open() {
         for bad in [
             "",
@@ -232,6 +257,8 @@ mod tests {
             "redis://a:1,b:2",
             "redis://a:1?prefix={x}",
             "redis://a:1?unknown=1",
+            "redis://a:1?ca=/etc/ca.pem",
+            "rediss://a:1?ca=",
             "postgres://h/db?pool_size=0",
             "postgres://h/db?connect_timeout=soon",
         ] {
