@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::start;
-use common::{context_path, manager, unique_name};
-use serde_json::json;
-use session_context::store::{self, Expect, SessionKey, StoredSession};
+use common::server::{service_round_trip, start};
+use common::{store_round_trip, tool_available, unique_name};
+use session_context::store;
 
 /// TLS-only redis-servers on free ports, killed when dropped.
 struct TlsRedis {
@@ -30,22 +29,6 @@ impl Drop for TlsRedis {
             let _ = child.wait();
         }
     }
-}
-
-fn available(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is not installed: CI must run the Redis TLS tests"
-        );
-        eprintln!("SKIPPED: {tool} is not installed, so this Redis TLS test did not run");
-    }
-    found
 }
 
 fn run(dir: &Path, program: &str, args: &[&str]) -> String {
@@ -75,7 +58,7 @@ fn free_port() -> u16 {
 impl TlsRedis {
     /// One server, or with `cluster` three nodes with all slots assigned.
     fn start(cluster: bool) -> Option<TlsRedis> {
-        if !available("redis-server") || !available("redis-cli") || !available("openssl") {
+        if !["redis-server", "redis-cli", "openssl"].into_iter().all(tool_available) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -210,22 +193,7 @@ async fn round_trip(redis: &TlsRedis) {
     let store = store::open(&redis.trusting_url().parse().unwrap())
         .await
         .expect("a TLS connection");
-    let key = SessionKey::new("shop", "s1");
-    let record = StoredSession {
-        version: 1,
-        generation: 5,
-        expires_at: None,
-        doc: "{}".into(),
-    };
-    store.write(&key, Expect::Absent, &record, 0).await.unwrap();
-    assert_eq!(store.load(&key, 0).await.unwrap(), Some(record.clone()));
-    let next = StoredSession {
-        version: 2,
-        ..record.clone()
-    };
-    store.write(&key, Expect::unchanged(&record), &next, 0).await.unwrap();
-    assert_eq!(store.load(&key, 0).await.unwrap(), Some(next));
-    store.ping().await.unwrap();
+    store_round_trip(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,29 +232,5 @@ async fn a_server_certificate_from_an_unknown_ca_is_refused() {
 async fn the_service_serves_from_a_tls_redis() {
     let Some(redis) = TlsRedis::start(false) else { return };
     let server = start(&redis.trusting_url());
-    let client = reqwest::Client::new();
-    let ready = client
-        .get(format!("{}/health/ready", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
-    let created = client
-        .put(format!("{}{}", server.base, context_path("s1", "?upsert=true")))
-        .bearer_auth(manager())
-        .json(&json!({"currency": "EUR", "metadata": {"version": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let read: serde_json::Value = client
-        .get(format!("{}{}", server.base, context_path("s1", "")))
-        .bearer_auth(manager())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(read["currency"], json!("EUR"));
+    service_round_trip(&server).await;
 }

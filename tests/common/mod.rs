@@ -334,3 +334,42 @@ macro_rules! on_backend {
         }
     };
 }
+
+/// Whether `tool` is on the PATH. A test that needs it says SKIPPED without it; under
+/// `CI=true` that is a failure instead.
+pub fn tool_available(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is not installed: CI must run the tests that need it"
+        );
+        eprintln!("SKIPPED: {tool} is not installed, so a test that needs it did not run");
+    }
+    found
+}
+
+/// Creates, reads, updates and pings through `store`.
+pub async fn store_round_trip(store: &dyn SessionStore) {
+    use session_context::store::{Expect, SessionKey, StoredSession};
+    let key = SessionKey::new(TENANT, unique_name("rt"));
+    let record = StoredSession {
+        version: 1,
+        generation: 5,
+        expires_at: None,
+        doc: "{}".into(),
+    };
+    store.write(&key, Expect::Absent, &record, 0).await.unwrap();
+    assert_eq!(store.load(&key, 0).await.unwrap(), Some(record.clone()));
+    let next = StoredSession {
+        version: 2,
+        ..record.clone()
+    };
+    store.write(&key, Expect::unchanged(&record), &next, 0).await.unwrap();
+    assert_eq!(store.load(&key, 0).await.unwrap(), Some(next));
+    store.ping().await.unwrap();
+}

@@ -127,6 +127,28 @@ pub async fn read(client: &reqwest::Client, server: &Server, id: &str) -> (Statu
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Checks that `server` is ready, and creates and reads back a session through it.
+pub async fn service_round_trip(server: &Server) {
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/health/ready", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let created = client
+        .put(format!("{}?upsert=true", context_url(server, "rt")))
+        .bearer_auth(manager())
+        .json(&json!({"currency": "EUR", "metadata": {"version": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let (status, body) = read(&client, server, "rt").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["currency"], json!("EUR"));
+}
+
 /// Checks that requests fail fast with 503 and the service is not ready while the store is away,
 /// and that it recovers by itself once `bring_back` has run.
 pub async fn outage_and_recovery<Away, Back>(server: &Server, take_away: Away, bring_back: Back)
