@@ -127,6 +127,18 @@ pub async fn read(client: &reqwest::Client, server: &Server, id: &str) -> (Statu
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Creates session `id` with currency EUR (a PUT with upsert).
+pub async fn create_in_euros(client: &reqwest::Client, server: &Server, id: &str) {
+    let created = client
+        .put(format!("{}?upsert=true", context_url(server, id)))
+        .bearer_auth(manager())
+        .json(&json!({"currency": "EUR", "metadata": {"version": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+}
+
 /// Checks that `server` is ready, and creates and reads back a session through it.
 pub async fn service_round_trip(server: &Server) {
     let client = reqwest::Client::new();
@@ -136,14 +148,7 @@ pub async fn service_round_trip(server: &Server) {
         .await
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
-    let created = client
-        .put(format!("{}?upsert=true", context_url(server, "rt")))
-        .bearer_auth(manager())
-        .json(&json!({"currency": "EUR", "metadata": {"version": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
+    create_in_euros(&client, server, "rt").await;
     let (status, body) = read(&client, server, "rt").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["currency"], json!("EUR"));
@@ -157,14 +162,7 @@ where
     Back: AsyncFnOnce(),
 {
     let client = reqwest::Client::new();
-    let created = client
-        .put(format!("{}?upsert=true", context_url(server, "s1")))
-        .bearer_auth(manager())
-        .json(&json!({"currency": "EUR", "metadata": {"version": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
+    create_in_euros(&client, server, "s1").await;
 
     take_away().await;
     let started = Instant::now();
