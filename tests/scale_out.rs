@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::proxy::Proxy;
-use common::server::{Server, context_url, outage_and_recovery, read, start};
+use common::server::{Server, context_url, outage_and_recovery, read, readiness, start};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -162,12 +162,7 @@ async fn instances_starting_together_migrate_once(backend: Backend) {
     });
     let client = reqwest::Client::new();
     for server in &servers {
-        let ready = client
-            .get(format!("{}/health/ready", server.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(ready.status(), StatusCode::OK);
+        assert_eq!(readiness(&client, server).await, StatusCode::OK);
     }
 }
 

@@ -127,6 +127,12 @@ pub async fn read(client: &reqwest::Client, server: &Server, id: &str) -> (Statu
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// The status of `GET /health/ready`.
+pub async fn readiness(client: &reqwest::Client, server: &Server) -> StatusCode {
+    let ready = client.get(format!("{}/health/ready", server.base)).send().await;
+    ready.unwrap().status()
+}
+
 /// Creates session `id` with currency EUR (a PUT with upsert).
 pub async fn create_in_euros(client: &reqwest::Client, server: &Server, id: &str) {
     let created = client
@@ -142,12 +148,7 @@ pub async fn create_in_euros(client: &reqwest::Client, server: &Server, id: &str
 /// Checks that `server` is ready, and creates and reads back a session through it.
 pub async fn service_round_trip(server: &Server) {
     let client = reqwest::Client::new();
-    let ready = client
-        .get(format!("{}/health/ready", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(readiness(&client, server).await, StatusCode::OK);
     create_in_euros(&client, server, "rt").await;
     let (status, body) = read(&client, server, "rt").await;
     assert_eq!(status, StatusCode::OK);
@@ -175,12 +176,7 @@ where
         "503 came after {:?}",
         started.elapsed()
     );
-    let ready = client
-        .get(format!("{}/health/ready", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readiness(&client, server).await, StatusCode::SERVICE_UNAVAILABLE);
     let live = client.get(format!("{}/health/live", server.base)).send().await.unwrap();
     assert_eq!(live.status(), StatusCode::OK, "the process itself stays alive");
 
@@ -198,10 +194,5 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let ready = client
-        .get(format!("{}/health/ready", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(readiness(&client, server).await, StatusCode::OK);
 }
