@@ -7,7 +7,7 @@
 #
 # Settings (environment): BENCH_STORES="memory sqlite postgres redis", BENCH_SESSIONS=10000,
 # BENCH_CONNECTIONS="16 64 256", BENCH_SECONDS=5, BENCH_THREADS=2, BENCH_BYTES=1024,
-# BENCH_POSTGRES_URL, BENCH_REDIS_URL. Installs wrk and nginx from Debian if they are missing.
+# BENCH_POSTGRES_URL, BENCH_POSTGRES_OPTIONS (store URL options, e.g. pool_size=8), BENCH_REDIS_URL. Installs wrk and nginx from Debian if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,7 +95,7 @@ for store in $stores; do
         postgres)
             psql "${postgres_url%/*}/postgres" -qc "DROP DATABASE IF EXISTS ${postgres_url##*/}" >/dev/null
             psql "${postgres_url%/*}/postgres" -qc "CREATE DATABASE ${postgres_url##*/}" >/dev/null
-            url="$postgres_url" ;;
+            url="$postgres_url${BENCH_POSTGRES_OPTIONS:+?$BENCH_POSTGRES_OPTIONS}" ;;
         redis)
             redis-cli -u "$redis_url" flushdb >/dev/null
             url="$redis_url?prefix=bench" ;;
