@@ -31,26 +31,35 @@ fn server_binaries() -> Option<PathBuf> {
             .max()
     });
     let found = on_path.or(debian);
-    if found.is_none() {
+    // As root, the server must run as an unprivileged `postgres` user.
+    let user_ok = !running_as_root()
+        || Command::new("id")
+            .arg("postgres")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if found.is_none() || !user_ok {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "PostgreSQL's server binaries are missing: CI must run the PostgreSQL TLS tests"
+            "PostgreSQL's server binaries (or, as root, a postgres user) are missing: CI must run the PostgreSQL TLS tests"
         );
-        eprintln!("SKIPPED: no initdb, so this PostgreSQL TLS test did not run");
+        eprintln!("SKIPPED: no initdb (or, as root, no postgres user), so this PostgreSQL TLS test did not run");
         return None;
     }
     found.filter(|_| tool_available("openssl"))
 }
 
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 /// A shell command run as the `postgres` user when we are root (PostgreSQL refuses to run as
 /// root); `setpriv` execs, so killing the child kills the server.
 fn as_server_user(script: &str) -> Command {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     let mut command;
-    if root {
+    if running_as_root() {
         command = Command::new("setpriv");
         command.args([
             "--reuid=postgres",
