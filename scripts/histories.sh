@@ -16,4 +16,4 @@ export HISTORY_SECONDS=${HISTORY_SECONDS:-120}
 export HISTORY_CRASHES=${HISTORY_CRASHES:-10}
 # One store at a time, so each gets the whole time bound and both cores.
 cargo test --test histories -- --test-threads=1 --nocapture linearizable 2>&1 \
-    | grep -E 'HISTORY_SEED|rounds|across SIGKILL|^test |panicked|not linearizable|#[0-9]+ client|None of these|test result'
+    | grep --line-buffered -E 'HISTORY_SEED|rounds|across SIGKILL|^test |panicked|not linearizable|#[0-9]+ client|None of these|test result'
