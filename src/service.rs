@@ -123,13 +123,7 @@ impl Sessions {
                 None => {}
             }
             if let Some(customer) = rules::saas_customer(current.as_ref(), req) {
-                match saas {
-                    SaasToken::Customer(c) if c == customer => {}
-                    SaasToken::Customer(_) => return Err(ServiceError::SaasForbidden),
-                    SaasToken::Missing | SaasToken::Invalid => {
-                        return Err(ServiceError::SaasUnauthenticated);
-                    }
-                }
+                check_saas(saas, customer)?;
             }
             Ok(Some(rules::apply_put(current, &key.session_id, req, now)))
         })
@@ -190,13 +184,25 @@ impl Sessions {
         .await
     }
 
-    /// Ends a session.
-    pub async fn delete(&self, key: &SessionKey) -> Result<(), ServiceError> {
-        if self.store.delete(key, self.now()).await? {
-            Ok(())
-        } else {
-            Err(ServiceError::NotFound)
+    /// Ends a session. A customer session ends only with that customer's `saas-token`, as
+    /// for PUT: otherwise a management token alone could delete it and re-create it as an
+    /// anonymous session that the customer's own token would then read. The delete is
+    /// conditional on the state that was checked, so a customer set meanwhile is never lost.
+    pub async fn delete(&self, key: &SessionKey, saas: &SaasToken) -> Result<(), ServiceError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let now = self.now();
+            let record = self.store.load(key, now).await?.ok_or(ServiceError::NotFound)?;
+            let owner: Owner = serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(customer) = owner.customer_id.as_deref() {
+                check_saas(saas, customer)?;
+            }
+            match self.store.delete(key, record.revision(), now).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict) => back_off(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
         }
+        Err(ServiceError::Contention)
     }
 
     /// Removes expired sessions in batches of `batch`; returns how many went.
@@ -238,18 +244,20 @@ impl Sessions {
             match self.store.write(key, expect, &stored, now).await {
                 Ok(()) if record.is_none() => return Ok(Outcome::Created { version }),
                 Ok(()) => return Ok(Outcome::Updated { version }),
-                Err(StoreError::Conflict) => {
-                    // Lost a race: back off a little, more the more often it happens.
-                    if attempt > 2 {
-                        tokio::time::sleep(std::time::Duration::from_micros(50 * attempt.min(40) as u64)).await;
-                    } else {
-                        tokio::task::yield_now().await;
-                    }
-                }
+                Err(StoreError::Conflict) => back_off(attempt).await,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(ServiceError::Contention)
+    }
+}
+
+/// After losing a race: back off a little, more the more often it happens.
+async fn back_off(attempt: usize) {
+    if attempt > 2 {
+        tokio::time::sleep(std::time::Duration::from_micros(50 * attempt.min(40) as u64)).await;
+    } else {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -271,6 +279,16 @@ fn existing(current: Option<SessionContext>, caller: &Caller) -> Result<SessionC
             Err(ServiceError::NotYourSession)
         }
         _ => Ok(stored),
+    }
+}
+
+/// Whether `saas` speaks for `customer`: 401 when it is missing or invalid, 403 when it is
+/// another customer's.
+fn check_saas(saas: &SaasToken, customer: &str) -> Result<(), ServiceError> {
+    match saas {
+        SaasToken::Customer(c) if c == customer => Ok(()),
+        SaasToken::Customer(_) => Err(ServiceError::SaasForbidden),
+        SaasToken::Missing | SaasToken::Invalid => Err(ServiceError::SaasUnauthenticated),
     }
 }
 

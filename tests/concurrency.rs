@@ -12,7 +12,7 @@ use axum::http::{Method, StatusCode};
 use common::*;
 use serde_json::json;
 use session_context::clock::Millis;
-use session_context::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use session_context::store::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
 use tokio::sync::Notify;
 
 const CLIENTS: u64 = 16;
@@ -184,8 +184,8 @@ impl SessionStore for Gate {
         self.inner.write(key, expect, record, now).await
     }
 
-    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
-        self.inner.delete(key, now).await
+    async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
+        self.inner.delete(key, revision, now).await
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {

@@ -233,7 +233,7 @@ async fn apply_to_service(
                 .remove_attribute(&key(*id), &Caller::Management, KEYS[*k])
                 .await,
         ),
-        Op::Delete { id } => match sessions.delete(&key(*id)).await {
+        Op::Delete { id } => match sessions.delete(&key(*id), &SaasToken::Customer("C1".into())).await {
             Ok(()) => Answer::Unchanged,
             Err(e) => answer(Err(e)),
         },

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Backend, open_store};
-use session_context::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use session_context::store::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
 
 const NOW: i64 = 1_000_000;
 /// The generation of the records these tests write, unless they say otherwise.
@@ -92,7 +92,7 @@ async fn a_session_created_anew_is_not_taken_for_its_predecessor(backend: Backen
         };
         store.write(&key(&id), Expect::Absent, &before, NOW).await.unwrap();
         if expires_at.is_none() {
-            assert!(store.delete(&key(&id), NOW).await.unwrap());
+            store.delete(&key(&id), before.revision(), NOW).await.unwrap();
         }
         let after = StoredSession {
             generation: 2,
@@ -136,20 +136,33 @@ async fn expired_sessions_are_missing_at_once(backend: Backend) {
     assert_eq!(store.load(&key("s"), end).await.unwrap(), Some(record(1, None, "new")));
 }
 
-async fn delete_reports_only_live_sessions(backend: Backend) {
+async fn delete_removes_only_the_live_revision_it_names(backend: Backend) {
     let (store, _dir) = open_store(backend).await;
-    assert!(!store.delete(&key("none"), NOW).await.unwrap());
-    store
-        .write(&key("live"), Expect::Absent, &record(1, None, "x"), NOW)
-        .await
-        .unwrap();
-    store
-        .write(&key("dead"), Expect::Absent, &record(1, Some(NOW - 1), "x"), NOW - 5)
-        .await
-        .unwrap();
-    assert!(store.delete(&key("live"), NOW).await.unwrap());
-    assert!(!store.delete(&key("live"), NOW).await.unwrap());
-    assert!(!store.delete(&key("dead"), NOW).await.unwrap());
+    let first = record(1, None, "x");
+    let conflict = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Conflict));
+    assert!(conflict(store.delete(&key("none"), first.revision(), NOW).await));
+    store.write(&key("live"), Expect::Absent, &first, NOW).await.unwrap();
+    let dead = record(1, Some(NOW - 1), "x");
+    store.write(&key("dead"), Expect::Absent, &dead, NOW - 5).await.unwrap();
+    // Another version, or the same version of another life, is not removed.
+    let newer = Revision {
+        version: 2,
+        ..first.revision()
+    };
+    let other_life = Revision {
+        generation: first.generation + 1,
+        ..first.revision()
+    };
+    for revision in [newer, other_life] {
+        assert!(
+            conflict(store.delete(&key("live"), revision, NOW).await),
+            "{revision:?}"
+        );
+        assert_eq!(store.load(&key("live"), NOW).await.unwrap(), Some(first.clone()));
+    }
+    store.delete(&key("live"), first.revision(), NOW).await.unwrap();
+    assert!(conflict(store.delete(&key("live"), first.revision(), NOW).await));
+    assert!(conflict(store.delete(&key("dead"), dead.revision(), NOW).await));
     assert_eq!(store.load(&key("live"), NOW).await.unwrap(), None);
 }
 
@@ -212,7 +225,10 @@ async fn tenants_never_share_a_session(backend: Backend) {
         .write(&b, Expect::Absent, &record(1, None, "beta's"), NOW)
         .await
         .unwrap();
-    assert!(store.delete(&a, NOW).await.unwrap());
+    store
+        .delete(&a, record(1, None, "alpha's").revision(), NOW)
+        .await
+        .unwrap();
     assert_eq!(store.load(&b, NOW).await.unwrap().unwrap().doc, "beta's");
 }
 
@@ -256,7 +272,7 @@ on_every_backend!(
     versioned_write_of_a_missing_session_conflicts,
     a_session_created_anew_is_not_taken_for_its_predecessor,
     expired_sessions_are_missing_at_once,
-    delete_reports_only_live_sessions,
+    delete_removes_only_the_live_revision_it_names,
     sweep_removes_expired_records_in_batches,
     tenants_never_share_a_session,
     exactly_one_of_many_concurrent_writers_wins,

@@ -84,12 +84,16 @@ pub async fn put_context(
     Ok(change_response(outcome))
 }
 
-/// Ends a session (an extension of the reference API, e.g. at logout).
+/// Ends a session (an extension of the reference API, e.g. at logout); a customer session
+/// only with that customer's `saas-token`.
 #[utoipa::path(
     delete,
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
-    params(super::openapi::TenantPath, super::openapi::SessionIdPath),
+    params(
+        super::openapi::TenantPath, super::openapi::SessionIdPath,
+        ("saas-token" = Option<String>, Header, nullable = false, description = "The customer's token; required when the session has a customerId"),
+    ),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -101,11 +105,12 @@ pub async fn delete_context(
     State(state): State<AppState>,
     principal: ManagementPrincipal,
     SessionIdParam(id): SessionIdParam,
+    Saas(saas): Saas,
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(principal.tenant, &id);
     state
         .sessions
-        .delete(&key)
+        .delete(&key, &saas)
         .await
         .map_err(|e| ApiError::from(e).for_session(&id))?;
     Ok(no_content())

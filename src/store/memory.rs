@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
 use crate::clock::Millis;
 
 /// Sessions in process memory.
@@ -51,8 +51,15 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
-        Ok(self.records().remove(key).is_some_and(|r| r.is_live(now)))
+    async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
+        let mut records = self.records();
+        match records.get(key) {
+            Some(r) if r.is_live(now) && r.revision() == revision => {
+                records.remove(key);
+                Ok(())
+            }
+            _ => Err(StoreError::Conflict),
+        }
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {

@@ -78,6 +78,14 @@ impl StoredSession {
             .map_err(|e| StoreError::Backend(format!("no randomness for a new session: {e}")))
     }
 
+    /// The state this record is in.
+    pub fn revision(&self) -> Revision {
+        Revision {
+            version: self.version,
+            generation: self.generation,
+        }
+    }
+
     /// Whether the record is still alive at `now`.
     pub fn is_live(&self, now: Millis) -> bool {
         self.expires_at.is_none_or(|at| at > now)
@@ -87,6 +95,13 @@ impl StoredSession {
 /// A version as SQL stores it.
 pub fn sql_version(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version).map_err(|_| StoreError::Corrupt("version out of range".into()))
+}
+
+/// One state of one life of a session: what a conditional delete names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revision {
+    pub version: u64,
+    pub generation: i64,
 }
 
 /// The condition a write is made under.
@@ -141,8 +156,11 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<(), StoreError>;
 
-    /// Removes the record under `key`; `true` when a live record was removed.
-    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError>;
+    /// Removes the record under `key` if it is live at `now` and still at `revision`,
+    /// atomically; else [`StoreError::Conflict`] and nothing changes. Conditional like
+    /// `write`, so that a delete decided on one state of a session (for example "it has no
+    /// customer") never removes another.
+    async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError>;
 
     /// Removes up to `limit` records expired at `now`; returns how many went.
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError>;

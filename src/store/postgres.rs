@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::url::PostgresOptions;
-use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
+use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
 use crate::clock::Millis;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -130,16 +130,26 @@ impl SessionStore for PostgresStore {
         }
     }
 
-    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
-        let removed: Option<(Option<i64>,)> = self
+    async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
+        let done = self
             .bounded(
-                sqlx::query_as("DELETE FROM sessions WHERE tenant = $1 AND session_id = $2 RETURNING expires_at")
-                    .bind(&key.tenant)
-                    .bind(&key.session_id)
-                    .fetch_optional(&self.pool),
+                sqlx::query(
+                    "DELETE FROM sessions WHERE tenant = $1 AND session_id = $2 AND version = $3
+                       AND generation = $4 AND (expires_at IS NULL OR expires_at > $5)",
+                )
+                .bind(&key.tenant)
+                .bind(&key.session_id)
+                .bind(sql_version(revision.version).unwrap_or(-1))
+                .bind(revision.generation)
+                .bind(now)
+                .execute(&self.pool),
             )
             .await?;
-        Ok(matches!(removed, Some((expires_at,)) if expires_at.is_none_or(|at| at > now)))
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {

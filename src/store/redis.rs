@@ -13,7 +13,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, TlsCertificates};
 
 use super::url::RedisOptions;
-use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
 use crate::clock::Millis;
 
 /// KEYS[1]: the session. ARGV: expectation ("absent" or "current"), expected version, now,
@@ -38,12 +38,14 @@ end
 return 1
 "#;
 
-/// KEYS[1]: the session. ARGV[1]: now. Returns 1 when a live session was removed.
+/// KEYS[1]: the session. ARGV: now, expected version, expected generation. Removes the
+/// session and returns 1 only when it is live and at exactly that version and generation.
 const DELETE: &str = r#"
-local stored = redis.call('HMGET', KEYS[1], 'v', 'e')
+local stored = redis.call('HMGET', KEYS[1], 'v', 'e', 'g')
+local live = stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[1]))
+if not live or stored[1] ~= ARGV[2] or (stored[3] or '0') ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[1])
-if stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[1])) then return 1 end
-return 0
+return 1
 "#;
 
 /// Sessions in Redis, over a single-server or a cluster connection.
@@ -193,15 +195,21 @@ where
         }
     }
 
-    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
         let removed: i64 = self
             .delete
             .key(self.key(key))
             .arg(now)
+            .arg(revision.version)
+            .arg(revision.generation)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(from_redis)?;
-        Ok(removed == 1)
+        if removed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
     }
 
     /// Redis removes expired sessions itself (each anonymous session carries a native expiry),

@@ -16,7 +16,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Expect, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
+use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
 use crate::clock::Millis;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -57,7 +57,7 @@ const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
 const MAX_GROUP: usize = 256;
 
 /// A change for the writer thread. Every answer is a count: 0 or 1 for a write or a delete
-/// (1 = done, or removed a live session), the number removed for a sweep.
+/// (1 = done), the number removed for a sweep.
 enum Change {
     Write {
         key: SessionKey,
@@ -67,6 +67,7 @@ enum Change {
     },
     Delete {
         key: SessionKey,
+        revision: Revision,
         now: Millis,
     },
     Sweep {
@@ -193,9 +194,16 @@ impl SessionStore for SqliteStore {
         }
     }
 
-    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
-        let change = Change::Delete { key: key.clone(), now };
-        Ok(self.change(change).await? == 1)
+    async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
+        let change = Change::Delete {
+            key: key.clone(),
+            revision,
+            now,
+        };
+        match self.change(change).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
+        }
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
@@ -305,13 +313,20 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
                     now
                 ])
             }),
-        Change::Delete { key, now } => conn
-            .prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 RETURNING expires_at")
+        Change::Delete { key, revision, now } => conn
+            .prepare_cached(
+                "DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 AND version = ?3
+                   AND generation = ?4 AND (expires_at IS NULL OR expires_at > ?5)",
+            )
             .and_then(|mut stmt| {
-                stmt.query_row(params![key.tenant, key.session_id], |r| r.get::<_, Option<i64>>(0))
-                    .optional()
-            })
-            .map(|removed| usize::from(matches!(removed, Some(at) if at.is_none_or(|at| at > *now)))),
+                stmt.execute(params![
+                    key.tenant,
+                    key.session_id,
+                    sql_version(revision.version).unwrap_or(-1),
+                    revision.generation,
+                    now
+                ])
+            }),
         Change::Sweep { now, limit } => conn
             .prepare_cached(
                 "DELETE FROM sessions WHERE id IN (

@@ -33,7 +33,7 @@ use common::*;
 use model::{Context, Input, Output, Session};
 use serde_json::{Value, json};
 use session_context::clock::Millis;
-use session_context::store::{Expect, MemoryStore, SessionKey, SessionStore, StoreError, StoredSession};
+use session_context::store::{Expect, MemoryStore, Revision, SessionKey, SessionStore, StoreError, StoredSession};
 
 const KEYS: [&str; 3] = ["a", "b", "c"];
 
@@ -600,8 +600,8 @@ impl SessionStore for LastWriterWins {
         self.0.write(key, blind, record, now).await
     }
 
-    async fn delete(&self, key: &SessionKey, now: Millis) -> Result<bool, StoreError> {
-        self.0.delete(key, now).await
+    async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
+        self.0.delete(key, revision, now).await
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {

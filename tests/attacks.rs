@@ -1,6 +1,7 @@
-//! Slow and hostile clients against the real binary: trickled headers are cut off, clients at
-//! the connection cap do not starve others for longer than the header deadline, and a body that
-//! never finishes gets 408 with the contract's body.
+//! Attacks against the real binary, each as an attacker would try it: trickled headers are cut
+//! off, clients at the connection cap do not starve others for longer than the header deadline,
+//! a body that never finishes gets 408 with the contract's body, and a management token cannot
+//! take over a customer's session by deleting and re-creating it.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::server::{Server, secret};
-use common::{context_path, manager};
+use common::{context_path, customer, manager, me_path, sign};
+use serde_json::{Value, json};
+use session_context::auth::mint::TokenSpec;
 
 fn start(extra: &[&str]) -> Server {
     let mut args = vec!["--store", "memory://", "--jwt-secret", secret()];
@@ -102,4 +105,79 @@ async fn oversized_headers_are_refused_and_others_are_still_served() {
     );
     let live = reqwest::get(format!("{}/health/live", server.base)).await.unwrap();
     assert_eq!(live.status(), 200);
+}
+
+/// A saas-token for `customer`, signed with the service's key (the binary has no saas key of its own).
+fn saas_for(customer: &str) -> String {
+    sign(TokenSpec {
+        subject: Some(customer.into()),
+        ttl: Duration::from_secs(3600),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_token_alone_cannot_delete_and_recreate_a_customer_session() {
+    let server = start(&[]);
+    let client = reqwest::Client::new();
+    let url = format!("{}{}", server.base, context_path("s-cust", ""));
+    let created = client
+        .put(format!("{url}?upsert=true"))
+        .bearer_auth(manager())
+        .header("saas-token", saas_for("C1"))
+        .json(&json!({"customerId": "C1", "cartId": "cart-1", "metadata": {"version": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // The attack: end the customer's session with a management token alone, then re-create it.
+    for (saas, status) in [
+        (None, 401),
+        (Some("not-a-token".to_owned()), 401),
+        (Some(saas_for("C2")), 403),
+    ] {
+        let mut delete = client.delete(&url).bearer_auth(manager());
+        if let Some(token) = saas {
+            delete = delete.header("saas-token", token);
+        }
+        let refused = delete.send().await.unwrap();
+        assert_eq!(refused.status(), status);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["code"], json!(status));
+        assert_eq!(body["sessionId"], json!("s-cust"));
+    }
+    let recreate = client
+        .put(format!("{url}?upsert=true"))
+        .bearer_auth(manager())
+        .json(&json!({"cartId": "evil", "metadata": {"version": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(recreate.status().is_client_error(), "{}", recreate.status());
+
+    // The customer still reads their own session, unchanged.
+    let me = client
+        .get(format!("{}{}", server.base, me_path("")))
+        .bearer_auth(customer("s-cust", "C1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["customerId"], json!("C1"));
+    assert_eq!(me["cartId"], json!("cart-1"));
+    assert_eq!(me["metadata"]["version"], json!(1));
+
+    // With the customer's saas-token the session ends, as before.
+    let ended = client
+        .delete(&url)
+        .bearer_auth(manager())
+        .header("saas-token", saas_for("C1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    let gone = client.get(&url).bearer_auth(manager()).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
 }
