@@ -63,7 +63,7 @@ static VERIFIER: LazyLock<Verifier> = LazyLock::new(verifier);
 pub fn tokens(data: &[u8]) {
     let Ok(token) = std::str::from_utf8(data) else { return };
     assert!(VERIFIER.verify_access(token).is_err());
-    assert!(VERIFIER.verify_saas(token).is_err());
+    assert!(VERIFIER.verify_saas(token, "shop").is_err());
 }
 
 struct Fixture {

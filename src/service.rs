@@ -25,12 +25,15 @@ pub enum Expected {
     Any,
 }
 
-/// A `saas-token` as the HTTP layer found it.
+/// A `saas-token` as the HTTP layer found it, verified for the path's tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaasToken {
     Missing,
+    /// It does not verify, or it is an access token rather than a saas-token.
     Invalid,
-    /// A valid token for this customer.
+    /// A valid saas-token that names another tenant.
+    OtherTenant,
+    /// A valid token for this customer of the path's tenant.
     Customer(String),
 }
 
@@ -283,11 +286,11 @@ fn existing(current: Option<SessionContext>, caller: &Caller) -> Result<SessionC
 }
 
 /// Whether `saas` speaks for `customer`: 401 when it is missing or invalid, 403 when it is
-/// another customer's.
+/// another customer's or another tenant's.
 fn check_saas(saas: &SaasToken, customer: &str) -> Result<(), ServiceError> {
     match saas {
         SaasToken::Customer(c) if c == customer => Ok(()),
-        SaasToken::Customer(_) => Err(ServiceError::SaasForbidden),
+        SaasToken::Customer(_) | SaasToken::OtherTenant => Err(ServiceError::SaasForbidden),
         SaasToken::Missing | SaasToken::Invalid => Err(ServiceError::SaasUnauthenticated),
     }
 }

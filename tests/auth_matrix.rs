@@ -223,3 +223,120 @@ async fn claim_names_are_configurable() {
 }
 
 on_every_backend!(tokens_for_another_tenant_are_403_on_every_endpoint);
+
+/// A management PUT on customer session `s1` (customer C1) of the test tenant, with `saas_token`.
+fn put_with_saas(saas_token: &str, body: Value) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::builder()
+        .method(Method::PUT)
+        .uri(context_path("s1", ""))
+        .header("authorization", format!("Bearer {}", manager()))
+        .header("content-type", "application/json")
+        .header("saas-token", saas_token)
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// Claims signed with the saas-token key. With the default configuration saas-tokens and
+/// access tokens share one key, so whatever an access token claims reaches the saas-token
+/// checks; signing with the saas key here puts the test app in that position.
+fn saas_signed(claims: Value) -> String {
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(SAAS_SECRET)).unwrap()
+}
+
+/// An app holding customer session `s1` of C1 at version 2.
+async fn app_with_a_customer_session() -> TestApp {
+    let app = app_with_session().await;
+    let reply = app
+        .send(put_with_saas(
+            &saas("C1"),
+            json!({"customerId": "C1", "metadata": {"version": 1}}),
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    app
+}
+
+async fn assert_customer_session_untouched(app: &TestApp) {
+    let read = app.read("s1").await;
+    assert_eq!(read.version(), 2, "{}", read.text);
+    assert_eq!(read.json["customerId"], json!("C1"));
+    assert!(read.json.get("cartId").is_none(), "{}", read.text);
+}
+
+#[tokio::test]
+async fn a_saas_token_for_another_tenant_is_403() {
+    let app = app_with_a_customer_session().await;
+    let change = json!({"cartId": "evil", "metadata": {"version": 2}});
+    let other_tenant = [
+        json!({"exp": now() + 600, "sub": "C1", "tenant": "globex"}),
+        json!({"exp": now() + 600, "sub": "C1", "scope": "tenant=globex"}),
+        json!({"exp": now() + 600, "sub": "C1", "scope": ["openid", "tenant=globex"]}),
+        // naming the path's tenant beside another one is still naming another one
+        json!({"exp": now() + 600, "sub": "C1", "tenant": TENANT, "scope": "tenant=globex"}),
+    ];
+    for claims in other_tenant {
+        let token = saas_signed(claims);
+        app.send(put_with_saas(&token, change.clone()))
+            .await
+            .assert_error(403, "forbidden");
+        let delete = axum::http::Request::builder()
+            .method(Method::DELETE)
+            .uri(context_path("s1", ""))
+            .header("authorization", format!("Bearer {}", manager()))
+            .header("saas-token", &token)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.send(delete).await.assert_error(403, "forbidden");
+    }
+    assert_customer_session_untouched(&app).await;
+}
+
+#[tokio::test]
+async fn access_tokens_are_not_saas_tokens() {
+    let app = app_with_a_customer_session().await;
+    let change = json!({"cartId": "evil", "metadata": {"version": 2}});
+    let access_tokens = [
+        (
+            "anonymous",
+            json!({"exp": now() + 600, "sub": "C1", "tenant": TENANT, "sessionId": "s9"}),
+        ),
+        (
+            "customer",
+            json!({"exp": now() + 600, "sub": "C1", "tenant": TENANT, "sessionId": "s1", "customerId": "C1"}),
+        ),
+        (
+            "management",
+            json!({"exp": now() + 600, "sub": "C1", "tenant": TENANT, "scope": MANAGE}),
+        ),
+        (
+            "management, Emporix spelling",
+            json!({"exp": now() + 600, "sub": "C1", "scope": "sessioncontext.context_manage"}),
+        ),
+        (
+            "management, no tenant",
+            json!({"exp": now() + 600, "sub": "C1", "scope": [MANAGE]}),
+        ),
+    ];
+    for (name, claims) in access_tokens {
+        let reply = app.send(put_with_saas(&saas_signed(claims), change.clone())).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name}: {}", reply.text);
+        reply.assert_error(401, "unauthorized");
+    }
+    assert_customer_session_untouched(&app).await;
+}
+
+#[tokio::test]
+async fn a_saas_token_for_the_paths_tenant_still_works() {
+    let app = app_with_a_customer_session().await;
+    let tokens = [
+        json!({"exp": now() + 600, "sub": "C1"}),
+        json!({"exp": now() + 600, "sub": "C1", "tenant": TENANT}),
+        json!({"exp": now() + 600, "sub": "C1", "scope": format!("openid tenant={TENANT}")}),
+    ];
+    for (version, claims) in (2..).zip(tokens) {
+        let body = json!({"cartId": format!("c{version}"), "metadata": {"version": version}});
+        let reply = app.send(put_with_saas(&saas_signed(claims), body)).await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    }
+    assert_eq!(app.read("s1").await.version(), 5);
+}

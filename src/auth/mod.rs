@@ -78,6 +78,17 @@ impl AccessClaims {
 #[error("invalid token: {0}")]
 pub struct InvalidToken(pub String);
 
+/// Why a `saas-token` does not speak for a customer of the path's tenant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SaasRefused {
+    /// It does not verify, or it is an access token rather than a saas-token (401).
+    #[error(transparent)]
+    Invalid(#[from] InvalidToken),
+    /// A valid saas-token that names another tenant (403).
+    #[error("the saas-token is for another tenant")]
+    OtherTenant,
+}
+
 /// How many verified access tokens are remembered.
 const VERIFIED_TOKENS: usize = 16_384;
 
@@ -143,17 +154,7 @@ impl Verifier {
 
     fn read_access_claims(&self, claims: &Map<String, Value>) -> AccessClaims {
         let names = &self.claims;
-        let mut scopes: Vec<String> = match claims.get(&names.scope) {
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-            _ => Vec::new(),
-        };
-        let mut tenants: Vec<String> = scopes
-            .iter()
-            .filter_map(|s| s.strip_prefix("tenant=").map(str::to_owned))
-            .collect();
-        tenants.extend(string_claim(claims, &names.tenant));
-        scopes.retain(|s| !s.starts_with("tenant="));
+        let (scopes, tenants) = scopes_and_tenants(claims, names);
         AccessClaims {
             tenants,
             scopes,
@@ -162,10 +163,30 @@ impl Verifier {
         }
     }
 
-    /// Verifies a saas-token and returns the customer it speaks for (its `sub`).
-    pub fn verify_saas(&self, token: &str) -> Result<String, InvalidToken> {
+    /// Verifies a saas-token for `tenant` and returns the customer it speaks for (its `sub`).
+    ///
+    /// A saas-token says who the customer is and nothing else. One that names a tenant (the
+    /// tenant claim or a `tenant=` scope entry) must name only `tenant`: a token minted for
+    /// another tenant's customer of the same id is refused as [`SaasRefused::OtherTenant`].
+    /// One that carries a session claim or the management scope is an access token (a
+    /// storefront's or a manager's, whose `sub` may well be a customer id): it is
+    /// [`SaasRefused::Invalid`], as if it had not verified.
+    pub fn verify_saas(&self, token: &str, tenant: &str) -> Result<String, SaasRefused> {
         let claims = self.verify(&self.saas, token)?;
-        string_claim(&claims, "sub").ok_or_else(|| InvalidToken("saas-token has no sub".into()))
+        let names = &self.claims;
+        if claims.contains_key(&names.session_id) {
+            return Err(InvalidToken("an access token with a session claim is not a saas-token".into()).into());
+        }
+        let (scopes, tenants) = scopes_and_tenants(&claims, names);
+        if scopes.iter().any(|s| MANAGE_SCOPES.contains(&s.as_str())) {
+            return Err(InvalidToken("a management token is not a saas-token".into()).into());
+        }
+        // A tenant claim that is there must be the tenant's name (not "", a number or null).
+        let claimed_elsewhere = claims.get(&names.tenant).is_some_and(|v| v.as_str() != Some(tenant));
+        if claimed_elsewhere || tenants.iter().any(|t| t != tenant) {
+            return Err(SaasRefused::OtherTenant);
+        }
+        string_claim(&claims, "sub").ok_or_else(|| InvalidToken("saas-token has no sub".into()).into())
     }
 
     fn verify(&self, keys: &KeySet, token: &str) -> Result<Map<String, Value>, InvalidToken> {
@@ -207,6 +228,23 @@ fn validation(alg: Algorithm, settings: &AuthSettings) -> Validation {
     }
     v.set_required_spec_claims(&required);
     v
+}
+
+/// The scopes a token grants and the tenants it names: the tenant claim and any
+/// `tenant=<name>` scope entries (which are not scopes).
+fn scopes_and_tenants(claims: &Map<String, Value>, names: &ClaimNames) -> (Vec<String>, Vec<String>) {
+    let mut scopes: Vec<String> = match claims.get(&names.scope) {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    let mut tenants: Vec<String> = scopes
+        .iter()
+        .filter_map(|s| s.strip_prefix("tenant=").map(str::to_owned))
+        .collect();
+    tenants.extend(string_claim(claims, &names.tenant));
+    scopes.retain(|s| !s.starts_with("tenant="));
+    (scopes, tenants)
 }
 
 fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {

@@ -200,10 +200,95 @@ fn saas_tokens_may_have_their_own_secret() {
         ..Default::default()
     };
     assert_eq!(
-        verifier.verify_saas(&mint_hs256(&saas_secret, &spec).unwrap()).unwrap(),
+        verifier
+            .verify_saas(&mint_hs256(&saas_secret, &spec).unwrap(), "shop")
+            .unwrap(),
         "C1"
     );
-    assert!(verifier.verify_saas(&mint_hs256(SECRET, &spec).unwrap()).is_err());
+    assert!(
+        verifier
+            .verify_saas(&mint_hs256(SECRET, &spec).unwrap(), "shop")
+            .is_err()
+    );
+}
+
+#[test]
+fn a_saas_token_is_bound_to_the_tenant_it_names() {
+    let verifier = hs_verifier();
+    let key = EncodingKey::from_secret(SECRET);
+    let saas = |claims: serde_json::Value| sign(Header::default(), claims, &key);
+    for own in [
+        json!({"exp": now() + 60, "sub": "C1"}),
+        json!({"exp": now() + 60, "sub": "C1", "tenant": "acme"}),
+        json!({"exp": now() + 60, "sub": "C1", "scope": "openid tenant=acme"}),
+        json!({"exp": now() + 60, "sub": "C1", "tenant": "acme", "scope": ["tenant=acme"]}),
+    ] {
+        assert_eq!(
+            verifier.verify_saas(&saas(own.clone()), "acme"),
+            Ok("C1".into()),
+            "{own}"
+        );
+    }
+    for foreign in [
+        json!({"exp": now() + 60, "sub": "C1", "tenant": "globex"}),
+        json!({"exp": now() + 60, "sub": "C1", "scope": "tenant=globex"}),
+        json!({"exp": now() + 60, "sub": "C1", "tenant": "acme", "scope": "tenant=globex"}),
+        json!({"exp": now() + 60, "sub": "C1", "tenant": ""}),
+        json!({"exp": now() + 60, "sub": "C1", "tenant": 7}),
+        json!({"exp": now() + 60, "sub": "C1", "tenant": null}),
+    ] {
+        assert_eq!(
+            verifier.verify_saas(&saas(foreign.clone()), "acme"),
+            Err(SaasRefused::OtherTenant),
+            "{foreign}"
+        );
+    }
+}
+
+#[test]
+fn access_tokens_are_not_saas_tokens() {
+    let verifier = hs_verifier();
+    let key = EncodingKey::from_secret(SECRET);
+    for access in [
+        json!({"exp": now() + 60, "sub": "C1", "tenant": "acme", "sessionId": "s1"}),
+        json!({"exp": now() + 60, "sub": "C1", "sessionId": ""}),
+        json!({"exp": now() + 60, "sub": "C1", "sessionId": null}),
+        json!({"exp": now() + 60, "sub": "C1", "tenant": "acme", "scope": "session_context.context_manage"}),
+        json!({"exp": now() + 60, "sub": "C1", "scope": ["openid", "sessioncontext.context_manage"]}),
+        // another tenant's access token is an access token first
+        json!({"exp": now() + 60, "sub": "C1", "tenant": "globex", "sessionId": "s1"}),
+    ] {
+        let refused = verifier.verify_saas(&sign(Header::default(), access.clone(), &key), "acme");
+        assert!(matches!(refused, Err(SaasRefused::Invalid(_))), "{access}: {refused:?}");
+    }
+    let no_sub = sign(Header::default(), json!({"exp": now() + 60}), &key);
+    assert!(matches!(
+        verifier.verify_saas(&no_sub, "acme"),
+        Err(SaasRefused::Invalid(_))
+    ));
+}
+
+#[test]
+fn the_session_claim_that_marks_an_access_token_is_the_configured_one() {
+    let mut s = settings(KeySource::Secret(SECRET.to_vec()));
+    s.claims.session_id = "sid".into();
+    let verifier = Verifier::new(&s).unwrap();
+    let key = EncodingKey::from_secret(SECRET);
+    let storefront = sign(
+        Header::default(),
+        json!({"exp": now() + 60, "sub": "C1", "sid": "s1"}),
+        &key,
+    );
+    assert!(matches!(
+        verifier.verify_saas(&storefront, "acme"),
+        Err(SaasRefused::Invalid(_))
+    ));
+    let with_other_claim = sign(
+        Header::default(),
+        json!({"exp": now() + 60, "sub": "C1", "sessionId": "s1"}),
+        &key,
+    );
+    assert_eq!(verifier.verify_saas(&with_other_claim, "acme"), Ok("C1".into()));
 }
 
 fn base64_url(text: &str) -> String {

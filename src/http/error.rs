@@ -195,7 +195,7 @@ impl From<ServiceError> for ApiError {
                 message: "A valid saas-token for the session's customer is required",
             },
             ServiceError::SaasForbidden => ErrorKind::Forbidden {
-                message: "The saas-token is for another customer",
+                message: "The saas-token is for another customer or another tenant",
             },
             ServiceError::NotYourSession => ErrorKind::Forbidden {
                 message: "The session belongs to another customer",

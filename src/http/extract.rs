@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::{ApiError, ErrorKind};
+use crate::auth::SaasRefused;
 use crate::domain::json;
 use crate::domain::validate::{self, FieldError};
 use crate::service::{Expected, SaasToken};
@@ -136,10 +137,17 @@ impl FromRequestParts<AppState> for Saas {
             return Ok(Saas(SaasToken::Missing));
         };
         let token = value.to_str().unwrap_or("").trim();
-        let token = token.strip_prefix("Bearer ").unwrap_or(token);
-        Ok(Saas(match state.verifier.verify_saas(token) {
+        let token = token.strip_prefix("Bearer ").unwrap_or(token).to_owned();
+        // A saas-token is bound to the tenant it is used on; the principal extractor, which
+        // runs first, has already checked the tenant's format.
+        let tenant = path_param(parts, "tenant").await?;
+        Ok(Saas(match state.verifier.verify_saas(&token, &tenant) {
             Ok(customer) => SaasToken::Customer(customer),
-            Err(e) => {
+            Err(SaasRefused::OtherTenant) => {
+                tracing::debug!("saas-token for another tenant refused");
+                SaasToken::OtherTenant
+            }
+            Err(SaasRefused::Invalid(e)) => {
                 tracing::debug!(reason = %e, "saas-token refused");
                 SaasToken::Invalid
             }
