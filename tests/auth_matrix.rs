@@ -340,3 +340,41 @@ async fn a_saas_token_for_the_paths_tenant_still_works() {
     }
     assert_eq!(app.read("s1").await.version(), 5);
 }
+
+/// A token whose payload is `payload` exactly as written (numbers keep their form: `1e10`,
+/// `5.0`), signed with HS256 and the access-token secret.
+fn sign_text(payload: &str) -> String {
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let signed = format!("{}.{}", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64(payload));
+    let signature =
+        jsonwebtoken::crypto::sign(signed.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256).unwrap();
+    format!("{signed}.{signature}")
+}
+
+#[tokio::test]
+async fn an_exp_with_a_fraction_works_on_every_use_until_it_passes() {
+    let app = app_with_session().await;
+    let later = now() + 600;
+    for exp in [format!("{later}.0"), format!("{later}.5"), "1e10".to_string()] {
+        let token = sign_text(&format!(r#"{{"exp":{exp},"tenant":"{TENANT}","scope":"{MANAGE}"}}"#));
+        for use_number in 1..=3 {
+            let reply = app.call(Method::GET, &context_path("s1", ""), Some(&token), None).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "exp {exp}, use {use_number}: {}",
+                reply.text
+            );
+        }
+    }
+    let expired = sign_text(&format!(
+        r#"{{"exp":{}.5,"tenant":"{TENANT}","scope":"{MANAGE}"}}"#,
+        now() - 5
+    ));
+    for _ in 1..=2 {
+        app.call(Method::GET, &context_path("s1", ""), Some(&expired), None)
+            .await
+            .assert_error(401, "unauthorized");
+    }
+}

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 use quick_cache::sync::Cache;
 use serde_json::{Map, Value};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Millis, SystemClock};
 
 pub use keys::{KeySet, KeySource, MIN_SECRET_BYTES};
 
@@ -92,10 +92,10 @@ pub enum SaasRefused {
 /// How many verified access tokens are remembered.
 const VERIFIED_TOKENS: usize = 16_384;
 
-/// A verified access token's claims and when it expires (seconds since the epoch).
+/// A verified access token's claims and when it expires.
 struct Verified {
     claims: Arc<AccessClaims>,
-    expires_at: i64,
+    expires_at: Millis,
 }
 
 /// Verifies access tokens and saas-tokens.
@@ -133,7 +133,7 @@ impl Verifier {
 
     /// Verifies an access token and reads its claims.
     pub fn verify_access(&self, token: &str) -> Result<Arc<AccessClaims>, InvalidToken> {
-        let now = SystemClock.now() / 1000;
+        let now = SystemClock.now();
         if let Some(known) = self.verified.get(token) {
             if known.expires_at > now {
                 return Ok(Arc::clone(&known.claims));
@@ -142,8 +142,8 @@ impl Verifier {
         }
         let raw = self.verify(&self.access, token)?;
         let claims = Arc::new(self.read_access_claims(&raw));
-        // `exp` is required, so a verified token always has one.
-        let expires_at = raw.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        // `exp` is required and was checked, so a verified token has a numeric one.
+        let expires_at = raw.get("exp").and_then(numeric_date_millis).unwrap_or(now);
         let verified = Verified {
             claims: Arc::clone(&claims),
             expires_at,
@@ -245,6 +245,13 @@ fn scopes_and_tenants(claims: &Map<String, Value>, names: &ClaimNames) -> (Vec<S
     tenants.extend(string_claim(claims, &names.tenant));
     scopes.retain(|s| !s.starts_with("tenant="));
     (scopes, tenants)
+}
+
+/// A NumericDate (RFC 7519: seconds since the epoch, which may have a fraction, in any JSON
+/// number form: `1796037307`, `1796037307.5`, `1e10`) in milliseconds, saturating at the ends.
+fn numeric_date_millis(value: &Value) -> Option<Millis> {
+    // `as` saturates; every date a token can mean is far inside f64's exact integers.
+    value.as_f64().map(|seconds| (seconds * 1000.0) as Millis)
 }
 
 fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {

@@ -1,6 +1,6 @@
 use super::mint::{TokenSpec, mint_hs256};
 use super::*;
-use jsonwebtoken::{EncodingKey, Header, encode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -296,6 +296,19 @@ fn base64_url(text: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
+/// A token whose payload is `payload` exactly as written (so numbers keep the form they are
+/// given in: `1e10`, `5.0`), signed with HS256 and the test secret.
+fn sign_text(payload: &str) -> String {
+    let signed = format!(
+        "{}.{}",
+        base64_url(r#"{"alg":"HS256","typ":"JWT"}"#),
+        base64_url(payload)
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(signed.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256).unwrap();
+    format!("{signed}.{signature}")
+}
+
 #[test]
 fn a_remembered_token_still_expires() {
     let verifier = hs_verifier();
@@ -304,11 +317,53 @@ fn a_remembered_token_still_expires() {
         json!({"exp": now() + 1, "tenant": "shop"}),
         &EncodingKey::from_secret(SECRET),
     );
-    assert!(verifier.verify_access(&token).is_ok());
-    assert!(
-        verifier.verify_access(&token).is_ok(),
-        "the second use is answered from memory"
-    );
+    let fractional = sign_text(&format!(r#"{{"exp":{}.0,"tenant":"shop"}}"#, now() + 1));
+    for token in [&token, &fractional] {
+        assert!(verifier.verify_access(token).is_ok());
+        assert!(
+            verifier.verify_access(token).is_ok(),
+            "the second use is answered from memory"
+        );
+    }
     std::thread::sleep(Duration::from_millis(2100));
     assert!(verifier.verify_access(&token).is_err(), "a remembered token expired");
+    assert!(
+        verifier.verify_access(&fractional).is_err(),
+        "a remembered token expired"
+    );
+}
+
+#[test]
+fn numeric_dates_may_have_a_fraction_on_every_use() {
+    let verifier = hs_verifier();
+    let (later, earlier) = (now() + 600, now() - 10);
+    for payload in [
+        format!(r#"{{"exp":{later}.0,"tenant":"shop"}}"#),
+        format!(r#"{{"exp":{later}.5,"tenant":"shop"}}"#),
+        r#"{"exp":1e10,"tenant":"shop"}"#.to_string(),
+        format!(r#"{{"exp":{later},"nbf":{earlier}.25,"iat":{earlier}.75,"tenant":"shop"}}"#),
+    ] {
+        let token = sign_text(&payload);
+        for use_number in 1..=3 {
+            let verified = verifier.verify_access(&token);
+            assert!(verified.is_ok(), "{payload}, use {use_number}: {verified:?}");
+        }
+    }
+    let expired = sign_text(&format!(r#"{{"exp":{}.5,"tenant":"shop"}}"#, now() - 5));
+    for _ in 1..=2 {
+        assert!(verifier.verify_access(&expired).is_err());
+    }
+    let not_yet = sign_text(&format!(r#"{{"exp":{later},"nbf":{}.5,"tenant":"shop"}}"#, now() + 30));
+    assert!(verifier.verify_access(&not_yet).is_err());
+}
+
+#[test]
+fn numeric_dates_are_read_in_milliseconds_saturating() {
+    assert_eq!(numeric_date_millis(&json!(1_796_037_307)), Some(1_796_037_307_000));
+    assert_eq!(numeric_date_millis(&json!(1_796_037_307.5)), Some(1_796_037_307_500));
+    assert_eq!(numeric_date_millis(&json!(1e10)), Some(10_000_000_000_000));
+    assert_eq!(numeric_date_millis(&json!(u64::MAX)), Some(i64::MAX));
+    assert_eq!(numeric_date_millis(&json!(1e300)), Some(i64::MAX));
+    assert_eq!(numeric_date_millis(&json!(-1e300)), Some(i64::MIN));
+    assert_eq!(numeric_date_millis(&json!("1796037307")), None);
 }
