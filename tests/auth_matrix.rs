@@ -378,3 +378,19 @@ async fn an_exp_with_a_fraction_works_on_every_use_until_it_passes() {
             .assert_error(401, "unauthorized");
     }
 }
+
+#[tokio::test]
+async fn scopes_joined_by_other_whitespace_grant_nothing() {
+    let app = app_with_session().await;
+    for separator in ["\u{a0}", "\t", "\u{2003}"] {
+        let token = raw(json!({"exp": now() + 600, "tenant": TENANT, "scope": format!("openid{separator}{MANAGE}")}));
+        for (method, path, body, management) in endpoints() {
+            if management {
+                app.call(method, &path, Some(&token), body)
+                    .await
+                    .assert_error(403, "forbidden");
+            }
+        }
+    }
+    assert_untouched(&app).await;
+}

@@ -234,7 +234,9 @@ fn validation(alg: Algorithm, settings: &AuthSettings) -> Validation {
 /// `tenant=<name>` scope entries (which are not scopes).
 fn scopes_and_tenants(claims: &Map<String, Value>, names: &ClaimNames) -> (Vec<String>, Vec<String>) {
     let mut scopes: Vec<String> = match claims.get(&names.scope) {
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        // RFC 6749 3.3: scopes are separated by spaces (%x20) and nothing else; a tab or a
+        // no-break space is part of a scope word, so it cannot smuggle one in.
+        Some(Value::String(s)) => s.split(' ').filter(|w| !w.is_empty()).map(str::to_owned).collect(),
         Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
     };

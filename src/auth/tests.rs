@@ -367,3 +367,25 @@ fn numeric_dates_are_read_in_milliseconds_saturating() {
     assert_eq!(numeric_date_millis(&json!(-1e300)), Some(i64::MIN));
     assert_eq!(numeric_date_millis(&json!("1796037307")), None);
 }
+
+#[test]
+fn scopes_are_separated_by_ascii_spaces_only() {
+    let verifier = hs_verifier();
+    let claims_of = |scope: &str| {
+        let token = sign(
+            Header::default(),
+            json!({"exp": now() + 60, "tenant": "shop", "scope": scope}),
+            &EncodingKey::from_secret(SECRET),
+        );
+        verifier.verify_access(&token).unwrap()
+    };
+    for separator in ["\u{a0}", "\t", "\n", "\u{2003}", "\u{3000}", "\u{85}"] {
+        let claims = claims_of(&format!("openid{separator}session_context.context_manage"));
+        assert!(!claims.may_manage(), "{separator:?} separated a scope");
+        let claims = claims_of(&format!("openid{separator}tenant=other"));
+        assert!(!claims.is_for_tenant("other"), "{separator:?} separated a tenant entry");
+    }
+    let spaced = claims_of("  openid   session_context.context_manage tenant=other ");
+    assert!(spaced.may_manage() && spaced.is_for_tenant("other"));
+    assert_eq!(spaced.scopes, ["openid", "session_context.context_manage"]);
+}
