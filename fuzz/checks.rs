@@ -91,7 +91,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             .enable_all()
             .build()
             .expect("a runtime"),
-        router: http::router(state, 65_536, Duration::from_secs(30)),
+        router: http::router(state, &Default::default()),
         token,
     }
 });

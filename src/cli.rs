@@ -129,13 +129,29 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_CONTEXT_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
 
-    /// Most connections open at once; more wait until one closes.
+    /// Most bytes of request bodies held at once, service-wide (503 with Retry-After beyond).
+    #[arg(long, env = "SESSION_CONTEXT_MAX_INFLIGHT_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+
+    /// Most bytes of request headers in all (431 beyond).
+    #[arg(long, env = "SESSION_CONTEXT_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most connections open at once; at the cap, the one idle the longest makes room.
     #[arg(long, env = "SESSION_CONTEXT_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
-    /// Longest a client may take to send a request's headers before it is disconnected.
+    /// Longest a client may take to send a complete request head before it is disconnected.
     #[arg(long, env = "SESSION_CONTEXT_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+
+    /// Longest a connection (HTTP/1 keep-alive or HTTP/2) stays open with no request in flight.
+    #[arg(long, env = "SESSION_CONTEXT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most concurrent streams on one HTTP/2 connection.
+    #[arg(long, env = "SESSION_CONTEXT_MAX_CONCURRENT_STREAMS", default_value_t = 16)]
+    pub max_concurrent_streams: u32,
 
     /// Longest one request may take, body upload included (408 beyond).
     #[arg(long, env = "SESSION_CONTEXT_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

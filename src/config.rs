@@ -17,8 +17,12 @@ pub struct Settings {
     /// Lifetime of anonymous sessions; `None` = never expire.
     pub anonymous_ttl: Option<Duration>,
     pub max_body_bytes: usize,
+    pub max_inflight_body_bytes: usize,
+    pub max_header_bytes: usize,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_concurrent_streams: u32,
     pub request_timeout: Duration,
     pub sweep_interval: Duration,
     /// In `--dev` mode, the secret to print demo tokens with.
@@ -57,10 +61,20 @@ impl Settings {
         if args.max_body_bytes == 0 {
             return Err("--max-body-bytes must be greater than 0".into());
         }
+        if args.max_inflight_body_bytes < args.max_body_bytes {
+            return Err("--max-inflight-body-bytes must be at least --max-body-bytes".into());
+        }
+        if args.max_header_bytes < 1024 {
+            return Err("--max-header-bytes must be at least 1024".into());
+        }
+        if args.max_concurrent_streams == 0 {
+            return Err("--max-concurrent-streams must be greater than 0".into());
+        }
         for (flag, value) in [
             ("--sweep-interval", args.sweep_interval),
             ("--header-timeout", args.header_timeout),
             ("--request-timeout", args.request_timeout),
+            ("--idle-timeout", args.idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be greater than 0"));
@@ -86,8 +100,12 @@ impl Settings {
             },
             anonymous_ttl: (!args.anonymous_ttl.is_zero()).then_some(args.anonymous_ttl),
             max_body_bytes: args.max_body_bytes,
+            max_inflight_body_bytes: args.max_inflight_body_bytes,
+            max_header_bytes: args.max_header_bytes,
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            max_concurrent_streams: args.max_concurrent_streams,
             request_timeout: args.request_timeout,
             sweep_interval: args.sweep_interval,
             dev_secret,
@@ -144,6 +162,10 @@ mod tests {
         assert_eq!(s.store.to_string(), "sqlite://./data/session-context.db");
         assert_eq!(s.anonymous_ttl, Some(Duration::from_secs(3600)));
         assert_eq!(s.max_body_bytes, 65_536);
+        assert_eq!(s.max_inflight_body_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.max_header_bytes, 16 * 1024);
+        assert_eq!(s.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_concurrent_streams, 16);
         assert_eq!(s.dev_secret, None);
         let never = settings(&["--jwt-secret", "x", "--anonymous-ttl", "0"]).unwrap();
         assert_eq!(never.anonymous_ttl, None);

@@ -81,10 +81,20 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = spawn_sweeper(state.clone(), settings.sweep_interval, stop_rx);
-    let app = http::router(state, settings.max_body_bytes, settings.request_timeout);
+    let app = http::router(
+        state,
+        &http::RequestLimits {
+            max_body_bytes: settings.max_body_bytes,
+            max_inflight_body_bytes: settings.max_inflight_body_bytes,
+            request_timeout: settings.request_timeout,
+        },
+    );
     let limits = ConnectionLimits {
         max_connections: settings.max_connections,
         header_timeout: settings.header_timeout,
+        idle_timeout: settings.idle_timeout,
+        max_concurrent_streams: settings.max_concurrent_streams,
+        max_header_bytes: settings.max_header_bytes,
         drain_deadline: DRAIN_DEADLINE,
     };
     connections::serve(listener, app, limits, shutdown).await;

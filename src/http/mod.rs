@@ -2,6 +2,7 @@
 //! that turn use-case outcomes into responses. One handler file per resource; errors in
 //! `error`, principals in `auth`, other extractors in `extract`.
 
+pub mod admission;
 pub mod attributes;
 pub mod auth;
 pub mod context;
@@ -72,9 +73,35 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole application, ready to serve. `max_body_bytes` bounds request bodies (413 past
-/// it); `request_timeout` bounds each request, body upload included (408 past it).
-pub fn router(mut state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
+/// The limits on each request and on all of them together.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest request body (413 past it).
+    pub max_body_bytes: usize,
+    /// Most bytes of request bodies held at once, service-wide (503 past it).
+    pub max_inflight_body_bytes: usize,
+    /// Longest one request may take, body upload included (408 past it).
+    pub request_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    /// The command line's defaults: 64 KiB, 64 MiB, 30 s.
+    fn default() -> Self {
+        RequestLimits {
+            max_body_bytes: 64 * 1024,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The whole application, ready to serve, within `limits`.
+pub fn router(mut state: AppState, limits: &RequestLimits) -> Router {
+    let request_timeout = limits.request_timeout;
+    let budget = Arc::new(admission::BodyBudget::new(
+        limits.max_body_bytes,
+        limits.max_inflight_body_bytes,
+    ));
     let (routes, doc) = api();
     state.openapi = Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into()));
     routes
@@ -88,8 +115,9 @@ pub fn router(mut state: AppState, max_body_bytes: usize, request_timeout: Durat
                 }
             },
         ))
+        .layer(axum::middleware::from_fn_with_state(budget, admission::admit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
             ApiError::from(ErrorKind::Internal).into_response()

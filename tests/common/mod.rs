@@ -157,7 +157,13 @@ impl TestApp {
         .expect("test keys are valid");
         let state = AppState::new(sessions, Arc::new(verifier), Arc::new(Metrics::default()));
         TestApp {
-            router: http::router(state.clone(), max_body_bytes, Duration::from_secs(30)),
+            router: http::router(
+                state.clone(),
+                &http::RequestLimits {
+                    max_body_bytes,
+                    ..Default::default()
+                },
+            ),
             state,
             clock,
             store,
