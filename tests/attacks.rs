@@ -462,3 +462,22 @@ async fn an_http2_stream_flood_is_bounded_by_the_inflight_body_budget() {
     let live = reqwest::get(format!("{}/health/live", server.base)).await.unwrap();
     assert_eq!(live.status(), 200);
 }
+
+#[test]
+fn made_up_methods_do_not_grow_the_metrics() {
+    let server = start(&[]);
+    for i in 0..300 {
+        let mut stream = connect(&server);
+        let request = format!("XMETHOD{i} /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let answer = read_all(&mut stream);
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    }
+    let mut stream = connect(&server);
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let metrics = read_all(&mut stream);
+    assert!(!metrics.contains("XMETHOD"), "a made-up method became a label");
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
+}
