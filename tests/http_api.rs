@@ -755,6 +755,75 @@ async fn bodies_must_be_json_objects_within_limits(backend: Backend) {
     );
 }
 
+/// A body under any `Content-Encoding` but `identity` is refused with 415 before it is read,
+/// on every endpoint that takes a body; nothing is decoded, nothing is stored.
+#[tokio::test]
+async fn bodies_with_a_content_encoding_are_415() {
+    let app = TestApp::new(Backend::Memory).await;
+    app.create("s1", full_body(1)).await;
+    let version = json!({"metadata": {"version": 1}});
+    let attribute = json!({"key": "k", "value": 1});
+    let with_body = [
+        (Method::PUT, context_path("s1", ""), manager(), version.clone()),
+        (
+            Method::POST,
+            context_path("s1", "/attributes"),
+            manager(),
+            attribute.clone(),
+        ),
+        (Method::PATCH, me_path(""), anonymous("s1"), version),
+        (Method::POST, me_path("/attributes"), anonymous("s1"), attribute),
+    ];
+    let request = |method: &Method, path: &str, token: &str, body: &Value, encoding: Option<&str>| {
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json");
+        if let Some(encoding) = encoding {
+            builder = builder.header("content-encoding", encoding);
+        }
+        builder.body(Body::from(body.to_string())).unwrap()
+    };
+    for (method, path, token, body) in &with_body {
+        for encoding in [
+            "gzip",
+            "GZIP",
+            "deflate",
+            "br",
+            "x-gzip",
+            "identity, gzip",
+            "gzip, identity",
+            "",
+            "identityx",
+        ] {
+            let reply = app.send(request(method, path, token, body, Some(encoding))).await;
+            reply.assert_error(415, "unsupported_media_type");
+            assert!(
+                reply.json["message"].as_str().unwrap().contains("Content-Encoding"),
+                "{method} {path} {encoding:?}: {}",
+                reply.text
+            );
+        }
+    }
+    assert_eq!(app.read("s1").await.version(), 1, "nothing was stored");
+    // `identity` (any case) is no encoding at all.
+    for (method, path, token, body) in &with_body {
+        for encoding in [Some("identity"), Some("IDENTITY"), None] {
+            let body = match body.get("metadata") {
+                Some(_) => json!({"metadata": {"version": app.read("s1").await.version()}}),
+                None => body.clone(),
+            };
+            let reply = app.send(request(method, path, token, &body, encoding)).await;
+            assert!(
+                reply.status.is_success(),
+                "{method} {path} {encoding:?}: {}",
+                reply.text
+            );
+        }
+    }
+}
+
 /// Numbers at and past the edges: versions beyond u64, floats beyond f64, and extreme values
 /// that are valid and must come back exactly as sent.
 async fn numbers_out_of_range_are_refused_and_extreme_ones_kept(backend: Backend) {

@@ -40,8 +40,8 @@ pub enum ErrorKind {
     PreconditionFailed { current: u64 },
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge,
-    /// 415: a body that is not `application/json`.
-    UnsupportedMediaType,
+    /// 415: a body that is not `application/json`, or that comes with a `Content-Encoding`.
+    UnsupportedMediaType { message: &'static str },
     /// 500: a bug or a corrupt record; details are in the log.
     Internal,
     /// 503: the store cannot be reached, or the session is too contended right now.
@@ -106,7 +106,7 @@ impl ApiError {
             ErrorKind::VersionConflict { .. } => StatusCode::CONFLICT,
             ErrorKind::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -150,12 +150,7 @@ impl ApiError {
                 None,
                 vec![],
             ),
-            ErrorKind::UnsupportedMediaType => (
-                "unsupported_media_type",
-                "The request body must be application/json".into(),
-                None,
-                vec![],
-            ),
+            ErrorKind::UnsupportedMediaType { message } => ("unsupported_media_type", message.into(), None, vec![]),
             ErrorKind::Internal => ("internal_error", "An internal error occurred".into(), None, vec![]),
             ErrorKind::Unavailable => (
                 "service_unavailable",

@@ -155,7 +155,8 @@ impl FromRequestParts<AppState> for Saas {
     }
 }
 
-/// A JSON object body: `application/json`, within the size limit, at most 32 levels deep.
+/// A JSON object body: `application/json` without a content coding, within the size limit,
+/// at most 32 levels deep.
 pub struct JsonBody(pub Map<String, Value>);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -163,7 +164,16 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ErrorKind::UnsupportedMediaType.into());
+            return Err(ErrorKind::UnsupportedMediaType {
+                message: "The request body must be application/json",
+            }
+            .into());
+        }
+        if !is_identity(req.headers().get_all(header::CONTENT_ENCODING)) {
+            return Err(ErrorKind::UnsupportedMediaType {
+                message: "The request body must not have a Content-Encoding (other than identity)",
+            }
+            .into());
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -174,6 +184,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         })?;
         json::read_object(&bytes).map(JsonBody).map_err(ApiError::invalid)
     }
+}
+
+/// Whether the `Content-Encoding` headers, if any, name no coding but `identity`. The service
+/// decodes nothing, so a compressed body would be read as if it were plain JSON; an empty
+/// or unreadable value is refused too, as it names no coding the service knows.
+fn is_identity(encodings: header::GetAll<'_, header::HeaderValue>) -> bool {
+    encodings.iter().all(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',')
+                .all(|coding| coding.trim().eq_ignore_ascii_case("identity"))
+        })
+    })
 }
 
 fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
