@@ -5,6 +5,21 @@
 //! expiry time is compared too, so a session is missing the moment it expires. Topology
 //! discovery, MOVED/ASK redirects and reconnects are the `redis` crate's work. No `KEYS`, `SCAN`
 //! or `RENAME` anywhere.
+//!
+//! Loads and pings have a connection of their own (on a cluster, one to each node), apart from
+//! the one the write and delete scripts share. Redis runs one connection's commands in order,
+//! so on a single shared connection a script that Redis holds back (`CLIENT PAUSE WRITE`, as a
+//! failover does) held back every later read too, of any session. Reads stay linearizable:
+//! both connections reach the same server (on a cluster the primary that owns the slot, never
+//! a replica), which runs commands one at a time, so a read sent after a write was acknowledged
+//! runs after it and sees it; a write still held back, or answered 503 by the response timeout,
+//! may still take effect later, which is what the contract's "outcome unknown" allows.
+//!
+//! A response timeout does not poison a connection: the crate's multiplexed connections match
+//! answers to requests in order, so the late answer of a timed-out script is read and dropped,
+//! and a timeout is not a reason to reconnect (only a dropped connection is). The script itself
+//! may still run once Redis takes writes again; being conditional, it and a retry with the same
+//! version cannot both apply: whichever runs second finds the version moved on.
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -48,9 +63,12 @@ redis.call('DEL', KEYS[1])
 return 1
 "#;
 
-/// Sessions in Redis, over a single-server or a cluster connection.
+/// Sessions in Redis, over single-server or cluster connections.
 pub struct RedisStore<C> {
-    conn: C,
+    /// Loads and pings: never queued behind a write.
+    reads: C,
+    /// The write and delete scripts.
+    writes: C,
     prefix: String,
     write: Script,
     delete: Script,
@@ -69,11 +87,16 @@ impl RedisStore<ConnectionManager> {
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(1);
-        let conn = client
+        // Two managers, hence two TCP connections, each reconnecting by itself.
+        let reads = client
+            .get_connection_manager_with_config(config.clone())
+            .await
+            .map_err(from_redis)?;
+        let writes = client
             .get_connection_manager_with_config(config)
             .await
             .map_err(from_redis)?;
-        Ok(Self::with(conn, options))
+        Ok(Self::with(reads, writes, options))
     }
 }
 
@@ -87,9 +110,12 @@ impl RedisStore<ClusterConnection> {
         if let Some(certificates) = trusted_cas(options)? {
             builder = builder.certs(certificates);
         }
+        // Replicas are never read from (no `read_from_replicas`): they may lag behind.
         let client = builder.build().map_err(from_redis)?;
-        let conn = client.get_async_connection().await.map_err(from_redis)?;
-        Ok(Self::with(conn, options))
+        // Each call opens its own connections to the nodes, with its own view of the slots.
+        let reads = client.get_async_connection().await.map_err(from_redis)?;
+        let writes = client.get_async_connection().await.map_err(from_redis)?;
+        Ok(Self::with(reads, writes, options))
     }
 }
 
@@ -106,9 +132,10 @@ fn trusted_cas(options: &RedisOptions) -> Result<Option<TlsCertificates>, StoreE
 }
 
 impl<C> RedisStore<C> {
-    fn with(conn: C, options: &RedisOptions) -> Self {
+    fn with(reads: C, writes: C, options: &RedisOptions) -> Self {
         RedisStore {
-            conn,
+            reads,
+            writes,
             prefix: options.prefix.clone(),
             write: Script::new(WRITE),
             delete: Script::new(DELETE),
@@ -131,7 +158,7 @@ where
         let (version, expires_at, doc, generation): Fields = redis::cmd("HMGET")
             .arg(self.key(key))
             .arg(&["v", "e", "d", "g"])
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.reads.clone())
             .await
             .map_err(from_redis)?;
         let (Some(version), Some(doc)) = (version, doc) else {
@@ -185,7 +212,7 @@ where
             .arg(ttl)
             .arg(expected_generation)
             .arg(record.generation)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.writes.clone())
             .await
             .map_err(from_redis)?;
         if written == 1 {
@@ -202,7 +229,7 @@ where
             .arg(now)
             .arg(revision.version)
             .arg(revision.generation)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.writes.clone())
             .await
             .map_err(from_redis)?;
         if removed == 1 {
@@ -220,7 +247,7 @@ where
 
     async fn ping(&self) -> Result<(), StoreError> {
         redis::cmd("PING")
-            .query_async::<String>(&mut self.conn.clone())
+            .query_async::<String>(&mut self.reads.clone())
             .await
             .map(|_| ())
             .map_err(from_redis)
