@@ -264,3 +264,111 @@ on_backend!(kill_9_sqlite, Sqlite, acknowledged_writes_survive_kill_9);
 on_backend!(kill_9_postgres, Postgres, acknowledged_writes_survive_kill_9);
 on_backend!(kill_9_redis, Redis, acknowledged_writes_survive_kill_9);
 on_backend!(kill_9_redis_cluster, RedisCluster, acknowledged_writes_survive_kill_9);
+
+/// Redis stops taking writes for a while (`CLIENT PAUSE WRITE` on every server, what a failover
+/// does): a write stalls and answers 503 after the response timeout, and all the while reads of
+/// another session on the same server and the readiness probe are answered at once, because
+/// they never queue behind the stalled write. Afterwards the service works normally, the stalled
+/// session holds its old state or its new one, and a retry of the stalled write with the same
+/// version is safe. On private redis-servers: the pause stops a whole server.
+async fn reads_are_answered_while_writes_are_paused(redis: common::redis_server::PrivateRedis) {
+    use common::server::{context_url, create_in_euros, read, readiness, start};
+
+    let server = start(&format!("{}?response_timeout=1s", redis.url()));
+    let client = reqwest::Client::new();
+    // Another session on the server that holds "a" (on a cluster, a single connection to each
+    // node would queue it behind the stalled write).
+    let home = redis.port_of(&format!("{}:a", common::TENANT)).await;
+    let mut other = None;
+    for n in 0.. {
+        let id = format!("b{n}");
+        if redis.port_of(&format!("{}:{id}", common::TENANT)).await == home {
+            other = Some(id);
+            break;
+        }
+    }
+    let b = other.unwrap();
+    create_in_euros(&client, &server, "a").await;
+    create_in_euros(&client, &server, &b).await;
+    let put_dollars = |id: &str| {
+        client
+            .put(context_url(&server, id))
+            .bearer_auth(common::manager())
+            .json(&json!({"currency": "USD", "metadata": {"version": 1}}))
+            .send()
+    };
+
+    let pause = Duration::from_secs(4);
+    redis
+        .command_on_all(&["CLIENT", "PAUSE", &pause.as_millis().to_string(), "WRITE"])
+        .await;
+    let paused = Instant::now();
+    let stalled = {
+        let request = put_dollars("a");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let status = request.await.unwrap().status();
+            (status, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // the write reaches Redis first
+
+    let (mut reads, mut slowest) = (0, Duration::ZERO);
+    while paused.elapsed() < pause - Duration::from_millis(500) {
+        let started = Instant::now();
+        let (status, body) = read(&client, &server, &b).await;
+        let took = started.elapsed();
+        assert_eq!(
+            status, 200,
+            "a read of another session during the pause, after {took:?}: {body}"
+        );
+        assert_eq!(body["currency"], json!("EUR"));
+        assert!(took < Duration::from_millis(500), "a read took {took:?}");
+        let started = Instant::now();
+        readiness(&client, &server).await;
+        let probe = started.elapsed();
+        assert!(probe < Duration::from_millis(500), "the readiness probe took {probe:?}");
+        (reads, slowest) = (reads + 1, slowest.max(took).max(probe));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, took) = stalled.await.unwrap();
+    assert_eq!(status, 503, "the stalled write, after {took:?}");
+    assert!(took >= Duration::from_millis(900), "the write answered after {took:?}");
+
+    // After the pause: the stalled write either happened or did not, and a retry says which.
+    tokio::time::sleep(pause.saturating_sub(paused.elapsed()) + Duration::from_millis(200)).await;
+    let (status, a) = read(&client, &server, "a").await;
+    assert_eq!(status, 200, "{a}");
+    let stored = match (a["currency"].as_str(), a["metadata"]["version"].as_u64()) {
+        (Some("EUR"), Some(1)) => false,
+        (Some("USD"), Some(2)) => true,
+        _ => panic!("neither the old state nor the new one: {a}"),
+    };
+    println!(
+        "{reads} reads and probes during the pause, the slowest in {slowest:?}; the write: 503 after \
+         {took:?}, then found {}",
+        if stored { "stored" } else { "not stored" }
+    );
+    let retry = put_dollars("a").await.unwrap().status();
+    assert_eq!(retry, if stored { 409 } else { 204 }, "the retry (stored: {stored})");
+    assert_eq!(put_dollars(&b).await.unwrap().status(), 204);
+    let (status, body) = read(&client, &server, &b).await;
+    assert_eq!((status.as_u16(), &body["currency"]), (200, &json!("USD")), "{body}");
+    assert_eq!(readiness(&client, &server).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reads_are_answered_while_writes_are_paused() {
+    let Some(redis) = common::redis_server::PrivateRedis::start() else {
+        return;
+    };
+    reads_are_answered_while_writes_are_paused(redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_reads_are_answered_while_writes_are_paused() {
+    let Some(redis) = common::redis_server::PrivateRedis::start_cluster() else {
+        return;
+    };
+    reads_are_answered_while_writes_are_paused(redis).await;
+}

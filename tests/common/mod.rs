@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod proxy;
+pub mod redis_server;
 pub mod server;
 
 use std::sync::Arc;
