@@ -755,6 +755,112 @@ async fn bodies_must_be_json_objects_within_limits(backend: Backend) {
     );
 }
 
+/// Names a person cannot see or that reorder what is shown around them: bidirectional
+/// embeddings, overrides and isolates, zero-width space and the byte-order mark.
+const INVISIBLE_NAMES: [&str; 9] = [
+    "a\u{202A}b",
+    "price\u{202E}gnp.exe",
+    "a\u{202D}",
+    "\u{2066}x",
+    "x\u{2067}y",
+    "x\u{2069}",
+    "\u{200B}",
+    "a\u{200B}b",
+    "\u{FEFF}key",
+];
+
+/// Refused on every route that takes an attribute name (400, `details` naming the field);
+/// an emoji joined by U+200D is a name like any other.
+#[tokio::test]
+async fn attribute_names_may_not_hide_or_reorder_characters() {
+    let app = TestApp::new(Backend::Memory).await;
+    app.create("s1", full_body(1)).await;
+    let encoded = |name: &str| name.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    for name in INVISIBLE_NAMES {
+        let attribute = json!({"key": name, "value": 1});
+        let posts = [
+            (context_path("s1", "/attributes"), manager()),
+            (me_path("/attributes"), anonymous("s1")),
+        ];
+        for (path, token) in posts {
+            let reply = app
+                .call(Method::POST, &path, Some(&token), Some(attribute.clone()))
+                .await;
+            reply.assert_error(400, "validation_error");
+            assert_eq!(
+                reply.json["details"][0]["field"],
+                json!("key"),
+                "{name:?}: {}",
+                reply.text
+            );
+        }
+        let deletes = [
+            (context_path("s1", &format!("/attributes/{}", encoded(name))), manager()),
+            (me_path(&format!("/attributes/{}", encoded(name))), anonymous("s1")),
+        ];
+        for (path, token) in deletes {
+            let reply = app.call(Method::DELETE, &path, Some(&token), None).await;
+            reply.assert_error(400, "validation_error");
+            assert_eq!(
+                reply.json["details"][0]["field"],
+                json!("attributeName"),
+                "{name:?}: {}",
+                reply.text
+            );
+        }
+        let put = json!({"context": {name: 1}, "metadata": {"version": 1}});
+        let reply = app
+            .call(Method::PUT, &context_path("s1", ""), Some(&manager()), Some(put))
+            .await;
+        reply.assert_error(400, "validation_error");
+        assert_eq!(
+            reply.json["details"][0]["field"],
+            json!("context"),
+            "{name:?}: {}",
+            reply.text
+        );
+        let patch = json!({"context": {name: 1}, "metadata": {"version": 1}});
+        let reply = app
+            .call(Method::PATCH, &me_path(""), Some(&anonymous("s1")), Some(patch))
+            .await;
+        reply.assert_error(400, "validation_error");
+        assert_eq!(
+            reply.json["details"][0]["field"],
+            json!("context"),
+            "{name:?}: {}",
+            reply.text
+        );
+    }
+    assert_eq!(app.read("s1").await.version(), 1, "nothing was stored");
+
+    let coder = "\u{1F469}\u{200D}\u{1F4BB}"; // 👩‍💻, joined by U+200D
+    for (path, token) in [
+        (context_path("s1", "/attributes"), manager()),
+        (me_path("/attributes"), anonymous("s1")),
+    ] {
+        let reply = app
+            .call(
+                Method::POST,
+                &path,
+                Some(&token),
+                Some(json!({"key": coder, "value": 1})),
+            )
+            .await;
+        assert!(reply.status.is_success(), "{}", reply.text);
+    }
+    assert_eq!(app.read("s1").await.json["context"][coder], json!(1));
+    let reply = app
+        .call(
+            Method::DELETE,
+            &me_path(&format!("/attributes/{}", encoded(coder))),
+            Some(&anonymous("s1")),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    assert!(app.read("s1").await.json["context"].get(coder).is_none());
+}
+
 /// A body under any `Content-Encoding` but `identity` is refused with 415 before it is read,
 /// on every endpoint that takes a body; nothing is decoded, nothing is stored.
 #[tokio::test]

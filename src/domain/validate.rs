@@ -63,14 +63,41 @@ pub fn session_id(value: &str) -> Result<(), FieldError> {
     })
 }
 
-/// An attribute name: 1 to 256 bytes of UTF-8 without control characters.
+/// The characters an attribute name may not hold, as inclusive ranges: the control characters
+/// (C0, DEL and C1), the bidirectional embeddings and overrides (U+202A to U+202E) and isolates
+/// (U+2066 to U+2069), which reorder what is shown around them, U+200B ZERO WIDTH SPACE and
+/// U+FEFF ZERO WIDTH NO-BREAK SPACE, which cannot be seen. The joiners U+200C and U+200D stay
+/// allowed: emoji sequences (👩‍💻) and some scripts need them.
+///
+/// The one definition of the rule: [`attribute_name`] checks it, and the OpenAPI document
+/// builds its pattern from it.
+pub const ATTRIBUTE_NAME_FORBIDDEN: [(char, char); 6] = [
+    ('\u{0}', '\u{1F}'),
+    ('\u{7F}', '\u{9F}'),
+    ('\u{200B}', '\u{200B}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2066}', '\u{2069}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+];
+
+/// The attribute-name rule in words, for error messages and the OpenAPI document.
+pub const ATTRIBUTE_NAME_RULE: &str = "1 to 256 bytes of UTF-8; no control characters, no bidirectional controls \
+     (U+202A to U+202E, U+2066 to U+2069), no U+200B or U+FEFF";
+
+/// An attribute name: 1 to 256 bytes of UTF-8 without the [`ATTRIBUTE_NAME_FORBIDDEN`]
+/// characters.
 pub fn attribute_name(field: &str, value: &str) -> Result<(), FieldError> {
-    let ok = (1..=MAX_ATTRIBUTE_NAME_BYTES).contains(&value.len()) && !value.chars().any(char::is_control);
+    let forbidden = |c: char| {
+        ATTRIBUTE_NAME_FORBIDDEN
+            .iter()
+            .any(|&(from, to)| (from..=to).contains(&c))
+    };
+    let ok = (1..=MAX_ATTRIBUTE_NAME_BYTES).contains(&value.len()) && !value.chars().any(forbidden);
     ok.then_some(()).ok_or_else(|| {
         FieldError::new(
             field,
             "invalid_format",
-            "attribute names are 1 to 256 bytes without control characters",
+            format!("attribute names are {ATTRIBUTE_NAME_RULE}"),
         )
     })
 }
@@ -177,6 +204,44 @@ mod tests {
         assert!(attribute_name("attributeName", "").is_err());
         assert!(attribute_name("attributeName", "a\nb").is_err());
         assert!(attribute_name("attributeName", "a\u{7f}").is_err());
+        for invisible in [
+            "a\u{202A}",
+            "\u{202E}",
+            "\u{2066}",
+            "\u{2069}x",
+            "\u{200B}",
+            "\u{FEFF}",
+            "a\u{85}",
+        ] {
+            assert!(attribute_name("attributeName", invisible).is_err(), "{invisible:?}");
+        }
+        for visible in [
+            "\u{1F469}\u{200D}\u{1F4BB}",
+            "a\u{200C}b",
+            "\u{200A}",
+            "a\u{2065}",
+            "\u{206A}",
+            "\u{202F}",
+        ] {
+            assert!(attribute_name("attributeName", visible).is_ok(), "{visible:?}");
+        }
+    }
+
+    #[test]
+    fn the_forbidden_ranges_hold_every_control_character() {
+        let forbidden = |c: char| {
+            ATTRIBUTE_NAME_FORBIDDEN
+                .iter()
+                .any(|&(from, to)| (from..=to).contains(&c))
+        };
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            if c.is_control() {
+                assert!(forbidden(c), "{c:?}");
+            }
+        }
+        for (from, to) in ATTRIBUTE_NAME_FORBIDDEN {
+            assert!(from <= to);
+        }
     }
 
     #[test]

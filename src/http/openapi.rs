@@ -3,13 +3,55 @@
 //! their routes, so that the document cannot drift from what is served.
 
 use serde_json::{Map, Value};
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
+use crate::domain::validate::{ATTRIBUTE_NAME_FORBIDDEN, ATTRIBUTE_NAME_RULE, MAX_ATTRIBUTE_NAME_BYTES};
+
 // The input rules of the contract, as JSON Schema patterns (ECMA 262 regular expressions).
-// Attribute names may be 256 bytes of UTF-8; JSON Schema counts characters, so the document
-// promises 64 characters, which is at most 256 bytes whatever they are.
+
+/// Attribute names may be 256 bytes of UTF-8; JSON Schema counts characters, so the document
+/// promises 64 characters, which are at most 256 bytes whatever they are.
+const ATTRIBUTE_NAME_MAX_CHARS: usize = MAX_ATTRIBUTE_NAME_BYTES / 4;
+
+/// The attribute-name rule as a pattern, built from the definition the check reads
+/// ([`ATTRIBUTE_NAME_FORBIDDEN`]): one or more characters outside the forbidden ranges,
+/// written as `\uXXXX` escapes (every forbidden character is in the Basic Multilingual Plane,
+/// so the pattern means the same with or without ECMA 262's `u` flag).
+fn attribute_name_pattern() -> String {
+    let escape = |c: char| format!("\\u{:04X}", u32::from(c));
+    let class: String = ATTRIBUTE_NAME_FORBIDDEN
+        .iter()
+        .map(|&(from, to)| {
+            if from == to {
+                escape(from)
+            } else {
+                format!("{}-{}", escape(from), escape(to))
+            }
+        })
+        .collect();
+    format!("^[^{class}]+$")
+}
+
+/// An attribute name's schema, wherever a name is taken: a path parameter, an attribute
+/// body's `key`, the keys of `context`.
+fn attribute_name_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(ATTRIBUTE_NAME_MAX_CHARS))
+        .pattern(Some(attribute_name_pattern()))
+}
+
+/// The `key` of an attribute body.
+fn attribute_key_schema() -> Object {
+    attribute_name_schema()
+        .description(Some(format!("The attribute's name: {ATTRIBUTE_NAME_RULE}.")))
+        .build()
+}
 
 /// `{tenant}`.
 #[derive(IntoParams)]
@@ -37,31 +79,27 @@ pub struct SessionIdPath {
 }
 
 /// `{attributeName}`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // a schema only
-pub struct AttributeNamePath {
-    /// The attribute: 1 to 256 bytes of UTF-8 without control characters.
-    #[param(
-        rename = "attributeName",
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
-        min_length = 1,
-        max_length = 64
-    )]
-    pub attribute_name: String,
+pub struct AttributeNamePath;
+
+impl IntoParams for AttributeNamePath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name("attributeName")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(format!("The attribute: {ATTRIBUTE_NAME_RULE}.")))
+                .schema(Some(attribute_name_schema().build()))
+                .build(),
+        ]
+    }
 }
 
 /// A `context` map in a request: keys follow the attribute-name rule, values are any JSON.
 fn context_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::Object)
-        .property_names(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(64))
-                .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
-        ))
+        .property_names(Some(attribute_name_schema()))
         .build()
 }
 
@@ -125,8 +163,8 @@ pub struct PatchBody {
 #[derive(ToSchema)]
 #[allow(dead_code)] // a schema only
 pub struct AttributeBody {
-    /// The attribute's name: 1 to 256 bytes of UTF-8, no control characters.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
+    /// The attribute's name (described by its schema).
+    #[schema(schema_with = attribute_key_schema)]
     pub key: String,
     /// Any JSON value but null.
     #[schema(value_type = Object)]
@@ -159,6 +197,128 @@ impl Modify for BearerAuth {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::domain::validate;
+
+    /// Every attribute-name schema in the served document: the `attributeName` path
+    /// parameters, the attribute body's `key` and the `propertyNames` of each `context`.
+    fn attribute_name_schemas(doc: &Value) -> Vec<(String, Value)> {
+        let mut found = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for param in operation["parameters"].as_array().into_iter().flatten() {
+                    if param["name"] == "attributeName" {
+                        found.push((format!("{method} {path}"), param["schema"].clone()));
+                    }
+                }
+            }
+        }
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            if let Some(key) = schema["properties"].get("key") {
+                found.push((format!("{name}.key"), key.clone()));
+            }
+            if let Some(names) = schema["properties"]["context"].get("propertyNames") {
+                found.push((format!("{name}.context"), names.clone()));
+            }
+        }
+        found
+    }
+
+    /// The characters a pattern of the shape `^[^<class>]+$` refuses, its class made of
+    /// `\uXXXX` escapes and `\uXXXX-\uXXXX` ranges: read without a regular-expression engine,
+    /// and any other shape fails the test, so the document cannot drift into one it does not check.
+    fn refused_code_units(pattern: &str) -> Vec<(u16, u16)> {
+        let class = pattern
+            .strip_prefix("^[^")
+            .and_then(|p| p.strip_suffix("]+$"))
+            .unwrap_or_else(|| panic!("{pattern} is not a negated class"));
+        let escape = |text: &str| -> (u16, usize) {
+            let hex = text.strip_prefix("\\u").and_then(|t| t.get(..4));
+            let unit = hex.and_then(|h| u16::from_str_radix(h, 16).ok());
+            (unit.unwrap_or_else(|| panic!("{text} in {pattern}")), 6)
+        };
+        let (mut ranges, mut rest) = (Vec::new(), class);
+        while !rest.is_empty() {
+            let (from, used) = escape(rest);
+            rest = &rest[used..];
+            let to = match rest.strip_prefix('-') {
+                Some(after) => {
+                    let (to, used) = escape(after);
+                    rest = &after[used..];
+                    to
+                }
+                None => from,
+            };
+            ranges.push((from, to));
+        }
+        ranges
+    }
+
+    /// How ECMA 262 (without the `u` flag) applies such a pattern: to UTF-16 code units.
+    fn pattern_accepts(refused: &[(u16, u16)], name: &str) -> bool {
+        !name.is_empty()
+            && name
+                .encode_utf16()
+                .all(|unit| !refused.iter().any(|&(from, to)| (from..=to).contains(&unit)))
+    }
+
+    #[test]
+    fn the_document_states_the_attribute_name_rule_the_service_checks() {
+        let (_, doc) = super::super::api();
+        let doc: Value = serde_json::from_str(&doc.to_json().unwrap()).unwrap();
+        let schemas = attribute_name_schemas(&doc);
+        let places: Vec<&str> = schemas.iter().map(|(place, _)| place.as_str()).collect();
+        assert_eq!(
+            schemas.len(),
+            5,
+            "two path parameters, one key, two context maps: {places:?}"
+        );
+        let pattern = schemas[0].1["pattern"].as_str().unwrap().to_owned();
+        for (place, schema) in &schemas {
+            assert_eq!(schema["pattern"], Value::from(pattern.clone()), "{place}");
+            assert_eq!(schema["minLength"], 1, "{place}");
+            // What the document allows the service accepts: its characters fit in 256 bytes.
+            let max_chars = schema["maxLength"].as_u64().unwrap() as usize;
+            assert!(max_chars * 4 <= validate::MAX_ATTRIBUTE_NAME_BYTES, "{place}");
+        }
+        let refused = refused_code_units(&pattern);
+        let agree = |name: &str| {
+            let checked = validate::attribute_name("key", name).is_ok();
+            assert_eq!(pattern_accepts(&refused, name), checked, "{name:?}: {pattern}");
+        };
+        // Every character, alone and inside a name.
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            agree(&c.to_string());
+            agree(&format!("a{c}b"));
+        }
+        for name in [
+            "",
+            "colour",
+            "b2b.legalEntity",
+            "\u{1F469}\u{200D}\u{1F4BB}",
+            "a\u{202E}b",
+        ] {
+            agree(name);
+        }
+    }
+
+    #[test]
+    fn the_attribute_name_pattern_escapes_only_the_basic_plane() {
+        // `\uXXXX` reaches U+FFFF; a forbidden character past it would need the `u` flag.
+        for (from, to) in validate::ATTRIBUTE_NAME_FORBIDDEN {
+            assert!(from <= to && u32::from(to) <= 0xFFFF, "{from:?}..={to:?}");
+        }
+        assert_eq!(
+            attribute_name_pattern(),
+            "^[^\\u0000-\\u001F\\u007F-\\u009F\\u200B\\u202A-\\u202E\\u2066-\\u2069\\uFEFF]+$"
         );
     }
 }
