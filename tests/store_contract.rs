@@ -419,3 +419,114 @@ async fn postgres_upgrades_a_first_release_database(backend: Backend) {
 }
 
 on_backend!(postgres_upgrade, Postgres, postgres_upgrades_a_first_release_database);
+
+/// The files of the SQLite database at `path`: the database, its WAL and its shared memory.
+fn sqlite_files(path: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let side = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    [path.to_owned(), side("-wal"), side("-shm")]
+}
+
+fn unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
+    assert!(matches!(result, Err(StoreError::Unavailable(_))), "{what}: {result:?}");
+}
+
+/// Every operation of a store whose file is gone (or is another file now) is refused as
+/// unavailable: writes (their outcome unknown, never acknowledged), reads, sweeps and the ping.
+async fn sqlite_refuses_everything(store: &dyn SessionStore, existing: &StoredSession) {
+    unavailable(
+        store
+            .write(&key("after"), Expect::Absent, &record(1, None, "after"), NOW)
+            .await,
+        "a creation",
+    );
+    unavailable(
+        store
+            .write(&key("s"), Expect::unchanged(existing), &record(2, None, "v2"), NOW)
+            .await,
+        "an update",
+    );
+    unavailable(store.delete(&key("s"), existing.revision(), NOW).await, "a delete");
+    unavailable(store.sweep_expired(NOW, 10).await, "a sweep");
+    unavailable(store.ping().await, "the ping");
+    unavailable(store.load(&key("s"), NOW).await, "a read");
+    // and it stays so
+    unavailable(
+        store
+            .write(&key("later"), Expect::Absent, &record(1, None, "x"), NOW)
+            .await,
+        "a later creation",
+    );
+    unavailable(store.ping().await, "a later ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_takes_no_write_once_its_file_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let store = session_context::store::SqliteStore::open(&path).await.unwrap();
+    let existing = record(1, None, "v1");
+    store.write(&key("s"), Expect::Absent, &existing, NOW).await.unwrap();
+    store.ping().await.unwrap();
+    for file in sqlite_files(&path) {
+        let _ = std::fs::remove_file(file);
+    }
+    sqlite_refuses_everything(&store, &existing).await;
+    assert!(!path.exists(), "the store created a new file at the deleted one's path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_takes_no_write_once_its_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let store = session_context::store::SqliteStore::open(&path).await.unwrap();
+    let existing = record(1, None, "v1");
+    store.write(&key("s"), Expect::Absent, &existing, NOW).await.unwrap();
+    let other = dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE unrelated (x INTEGER);")
+        .unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    sqlite_refuses_everything(&store, &existing).await;
+    let replacement = rusqlite::Connection::open(&path).unwrap();
+    let tables: Vec<String> = replacement
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(tables, ["unrelated"], "the store wrote into the replacement");
+}
+
+/// Only the database file deleted, its WAL left at its path: the store empties that WAL once
+/// it sees the loss, so that a restart does not replay it into the new, empty database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_empties_the_wal_it_leaves_behind_a_deleted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let store = session_context::store::SqliteStore::open(&path).await.unwrap();
+    let existing = record(1, None, "v1");
+    store.write(&key("s"), Expect::Absent, &existing, NOW).await.unwrap();
+    let [_, wal, _] = sqlite_files(&path);
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the record is in the WAL");
+    std::fs::remove_file(&path).unwrap();
+    // The readiness check finds the loss, and answers once the writer has emptied the WAL.
+    unavailable(store.ping().await, "the ping");
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        0,
+        "the WAL left behind is empty"
+    );
+    drop(store);
+    let restarted = session_context::store::SqliteStore::open(&path).await.unwrap();
+    assert_eq!(restarted.load(&key("s"), NOW).await.unwrap(), None);
+    restarted
+        .write(&key("s"), Expect::Absent, &record(1, None, "new"), NOW)
+        .await
+        .unwrap();
+}

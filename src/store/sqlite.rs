@@ -6,14 +6,52 @@
 //! share one fsync instead of queueing for one each. Each write in a group is still its own
 //! conditional statement (`UPDATE ... WHERE version = ?` or `INSERT ... ON CONFLICT DO UPDATE
 //! ... WHERE expired`), applied in arrival order.
+//!
+//! **The file under the service.** SQLite keeps writing to the file it opened even after that
+//! file was deleted, or another one renamed over its path: the writes succeed, and are gone at
+//! the next start, which opens whatever the path names then. So the store remembers which file
+//! it opened (device and inode, and those of its WAL) and, after every group commit and before
+//! answering the group, checks that the paths still name those files. Checking after the commit
+//! closes the race: a delete that lands before the commit has finished is seen by the check, so
+//! no write that went to a deleted or replaced file is acknowledged (its writes answer
+//! `Unavailable`, a 503 whose outcome is unknown, as the contract says). From then on the store
+//! refuses everything (writes, reads, sweeps, the ping) until the service is restarted on a
+//! file an operator chose: it never opens the path again by itself, which would silently serve
+//! an empty or restored database. Reads are refused too because they could no longer be
+//! consistent: pooled connections still see the old file, but a connection the pool opens anew
+//! would see the replacement (reading connections never create a file, so a deleted database is
+//! not recreated empty by a read). Between the delete and its detection (the next commit or the
+//! next readiness check) reads still come from the old file, which holds what was acknowledged,
+//! or, on a connection the pool happened to open meanwhile, from the replacement. Once the loss
+//! is seen, the writer also empties the WAL it leaves at its path and keeps its connection open
+//! until the process ends (see [`retire`]), so that a restart cannot replay that WAL into
+//! whatever file the path names then.
+//!
+//! **A disk that refuses writes.** Readiness (`ping`) is not a `SELECT 1`: it checks the files
+//! as above, then writes a probe of at least [`PROBE_FLOOR`] (more if a larger record was ever
+//! written, or twice what the last group that failed for lack of room needed) to a file next
+//! to the database that is unlinked at once and never synced. A tiny write to the database
+//! itself would prove nothing: the WAL reuses its own space after a checkpoint, so a small
+//! commit can succeed while any write that needs the file to grow fails. The probe only asks
+//! the file system for room (tmpfs allocates at once; ext4, XFS and btrfs reserve blocks at
+//! write time), and it is gone before the kernel would write it back, so it usually costs no
+//! disk I/O. Its result is kept for [`READINESS_TTL`], so callers hammering `/health/ready` cost
+//! at most two probes a second. A group commit that fails with a full disk or an I/O error makes
+//! a kept "ready" stale (after [`RECHECK_AT_LEAST_AFTER`]), so readiness turns 503 at once; once
+//! the probe finds room again readiness is 200 and writes work, without a restart. The probe is an
+//! estimate: with less room than the floor free, readiness is 503 a little before writes
+//! fail; a write needing more than its estimate can still fail while readiness says 200, and
+//! then it answers 503 and the next probe asks for twice its size.
 
-use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
@@ -56,6 +94,23 @@ const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
 /// Most writes committed together; bounds how long one commit holds the others.
 const MAX_GROUP: usize = 256;
 
+/// The least room the readiness probe asks the file system for.
+const PROBE_FLOOR: u64 = 1 << 20;
+
+/// The most it asks for, whatever was written before.
+const PROBE_CEILING: u64 = 64 << 20;
+
+/// How long a readiness result is kept (unless a group commit fails meanwhile).
+const READINESS_TTL: Duration = Duration::from_millis(500);
+
+/// How long a "ready" is kept at least, even when group commits fail meanwhile: bounds how
+/// often failing writes can make the probe run.
+const RECHECK_AT_LEAST_AFTER: Duration = Duration::from_millis(50);
+
+/// What one change is reckoned to add to the WAL besides its document: a few frames of a page
+/// each (the row's leaf, the leaves of both indexes, a parent on a split).
+const CHANGE_OVERHEAD: u64 = 4 * (4096 + 24);
+
 /// A change for the writer thread. Every answer is a count: 0 or 1 for a write or a delete
 /// (1 = done), the number removed for a sweep.
 enum Change {
@@ -74,14 +129,237 @@ enum Change {
         now: Millis,
         limit: i64,
     },
+    /// Nothing to apply: wakes the writer up after the readiness check found the files lost,
+    /// so that it retires the connection (see [`retire`]) before readiness answers.
+    Retire,
 }
 
 type Reply = oneshot::Sender<Result<usize, StoreError>>;
+
+impl Change {
+    /// About how many bytes committing this change adds to the WAL.
+    fn size(&self) -> u64 {
+        match self {
+            Change::Write { record, .. } => CHANGE_OVERHEAD + record.doc.len() as u64,
+            Change::Delete { .. } | Change::Sweep { .. } => CHANGE_OVERHEAD,
+            Change::Retire => 0,
+        }
+    }
+}
 
 /// Sessions in an SQLite file.
 pub struct SqliteStore {
     writer: mpsc::Sender<(Change, Reply)>,
     readers: r2d2::Pool<SqliteConnectionManager>,
+    files: Arc<Files>,
+    /// The last readiness result (one check runs at a time; callers meanwhile wait for it).
+    readiness: tokio::sync::Mutex<Option<Readiness>>,
+}
+
+/// A readiness result, kept for [`READINESS_TTL`].
+struct Readiness {
+    at: Instant,
+    /// [`Files::failures`] when it was found: once that moved, a "ready" is stale.
+    failures: u64,
+    result: Result<(), StoreError>,
+}
+
+impl Readiness {
+    fn fresh(&self, failures: u64) -> bool {
+        let age = self.at.elapsed();
+        let unchanged = self.failures == failures || self.result.is_err();
+        age < READINESS_TTL && (unchanged || age < RECHECK_AT_LEAST_AFTER)
+    }
+}
+
+/// Which file is which: two paths name the same file when these match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    device: u64,
+    inode: u64,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    fn of(path: &Path) -> io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileId {
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
+    }
+
+    /// Without inodes only a deleted file is told apart, not a replaced one.
+    #[cfg(not(unix))]
+    fn of(path: &Path) -> io::Result<FileId> {
+        std::fs::metadata(path).map(|_| FileId { device: 0, inode: 0 })
+    }
+}
+
+/// The files the store has open, shared by the writer thread and the readiness check: whether
+/// their paths still name them, and whether the disk still has room (see the module doc).
+struct Files {
+    /// The database as SQLite names it (symbolic links resolved), and its identity at open.
+    database: PathBuf,
+    database_id: FileId,
+    /// The WAL next to it, and its identity at open (none if SQLite is not in WAL mode).
+    wal: PathBuf,
+    wal_id: Option<FileId>,
+    /// Set once the paths name other files or none: why the store refuses everything.
+    lost: OnceLock<String>,
+    /// The size of the last group that failed for lack of room; 0 once a group commits.
+    failed_group_size: AtomicU64,
+    /// Group commits failed for lack of room so far (a kept readiness result is stale once
+    /// this moved).
+    failures: AtomicU64,
+    /// The largest change committed or tried so far.
+    largest_change: AtomicU64,
+}
+
+impl Files {
+    /// Identifies the files `conn` has open, right after it opened them.
+    fn of(conn: &Connection) -> Result<Files, StoreError> {
+        let database = PathBuf::from(
+            conn.path()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| StoreError::Unavailable("the SQLite database is not a file on disk".into()))?,
+        );
+        let database_id = FileId::of(&database)
+            .map_err(|e| StoreError::Unavailable(format!("cannot examine {}: {e}", database.display())))?;
+        let mut wal = database.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let wal_id = FileId::of(&wal).ok();
+        Ok(Files {
+            database,
+            database_id,
+            wal,
+            wal_id,
+            lost: OnceLock::new(),
+            failed_group_size: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            largest_change: AtomicU64::new(0),
+        })
+    }
+
+    /// `Unavailable` once the store has lost its files.
+    fn refuse_if_lost(&self) -> Result<(), StoreError> {
+        match self.lost.get() {
+            Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the paths still name the files the store opened. When they name another
+    /// file or none, the store is lost for good; when they cannot be examined (an I/O error),
+    /// only this check fails.
+    fn verify(&self) -> Result<(), StoreError> {
+        self.refuse_if_lost()?;
+        let checks = [(&self.database, Some(self.database_id)), (&self.wal, self.wal_id)];
+        for (path, opened) in checks {
+            let Some(opened) = opened else { continue };
+            let problem = match FileId::of(path) {
+                Ok(now) if now == opened => continue,
+                Ok(_) => "was replaced by another file",
+                Err(e) if e.kind() == io::ErrorKind::NotFound => "was deleted",
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot check that {} is still the open database file: {e}",
+                        path.display()
+                    )));
+                }
+            };
+            let reason = format!(
+                "{} {problem} under the running service; it takes no write until restarted",
+                path.display()
+            );
+            if self.lost.set(reason.clone()).is_ok() {
+                tracing::error!(%reason, "the SQLite database file is gone");
+            }
+            return self.refuse_if_lost();
+        }
+        Ok(())
+    }
+
+    /// Records how the commit of `group` went.
+    fn record_commit(&self, group: &[(Change, Reply)], committed: &rusqlite::Result<Vec<usize>>) {
+        let largest = group.iter().map(|(change, _)| change.size()).max().unwrap_or(0);
+        self.largest_change.fetch_max(largest, Ordering::Relaxed);
+        match committed {
+            Ok(_) if self.failed_group_size.load(Ordering::Relaxed) != 0 => {
+                self.failed_group_size.store(0, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) if refuses_writes(e) => {
+                let size = group.iter().map(|(change, _)| change.size()).sum();
+                self.failed_group_size.store(size, Ordering::Relaxed);
+                self.failures.fetch_add(1, Ordering::Release);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// How much room the readiness probe asks for.
+    fn probe_size(&self) -> u64 {
+        let largest = self.largest_change.load(Ordering::Relaxed);
+        let failed = self.failed_group_size.load(Ordering::Relaxed).saturating_mul(2);
+        PROBE_FLOOR.max(largest).max(failed).min(PROBE_CEILING)
+    }
+
+    /// The readiness check proper (blocking): the files are still ours and the disk has room.
+    fn check(&self) -> Result<(), StoreError> {
+        self.verify()?;
+        let dir = self.database.parent().unwrap_or(Path::new("."));
+        let size = self.probe_size();
+        probe_room(dir, size).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the disk under {} refuses a {size}-byte write: {e}",
+                dir.display()
+            ))
+        })
+    }
+}
+
+/// Incompressible bytes for the probe (zeros could be stored as a hole, or compressed away).
+static NOISE: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..64 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+});
+
+/// Asks the file system under `dir` for `size` bytes: writes them to a new file that is
+/// unlinked first (so nothing is left behind, even if the process dies meanwhile) and never
+/// synced, then lets it go.
+fn probe_room(dir: &Path, size: u64) -> io::Result<()> {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!(".session-context-probe-{}-{n}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    // Where an open file cannot be unlinked, it is removed once closed.
+    let unlinked = std::fs::remove_file(&path).is_ok();
+    let mut left = size;
+    let written = loop {
+        if left == 0 {
+            break Ok(());
+        }
+        let chunk = left.min(NOISE.len() as u64) as usize;
+        if let Err(e) = file.write_all(&NOISE[..chunk]) {
+            break Err(e);
+        }
+        left -= chunk as u64;
+    };
+    drop(file);
+    if !unlinked {
+        std::fs::remove_file(&path)?;
+    }
+    written
 }
 
 impl SqliteStore {
@@ -105,7 +383,13 @@ impl SqliteStore {
             ))
             .map_err(from_sqlite)?;
         migrate(&mut writer)?;
+        let files = Arc::new(Files::of(&writer)?);
+        // No SQLITE_OPEN_CREATE: a reading connection opened after the file was deleted must
+        // fail, not create an empty database at its path.
         let manager = SqliteConnectionManager::file(path)
+            .with_flags(
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
             .with_init(|c| c.execute_batch(&format!("{BUSY_TIMEOUT} PRAGMA query_only = 1;")));
         let readers = r2d2::Pool::builder()
             // More connections than the runtime has threads: an inline read never waits for one.
@@ -114,13 +398,16 @@ impl SqliteStore {
             .build(manager)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (sender, receiver) = mpsc::channel();
+        let writer_files = files.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_in_groups(writer, receiver))
+            .spawn(move || write_in_groups(writer, receiver, &writer_files))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: sender,
             readers,
+            files,
+            readiness: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -139,8 +426,9 @@ impl SqliteStore {
     /// key in WAL mode takes microseconds and never waits for the writer, so handing it to a
     /// blocking thread would cost more than it saves. The pool has more connections than the
     /// runtime has threads, and a connection is never held across an `.await`, so getting one
-    /// does not wait either.
+    /// does not wait either. Refused once the store lost its file (see the module doc).
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.files.refuse_if_lost()?;
         let conn = self.readers.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
         f(&conn)
     }
@@ -211,15 +499,42 @@ impl SessionStore for SqliteStore {
         self.change(Change::Sweep { now, limit }).await
     }
 
+    /// Ready while the database files are still the ones opened, the disk has room for a
+    /// write (both kept for [`READINESS_TTL`]) and a reading connection answers.
     async fn ping(&self) -> Result<(), StoreError> {
+        self.files.refuse_if_lost()?;
+        {
+            let mut kept = self.readiness.lock().await;
+            let failures = self.files.failures.load(Ordering::Acquire);
+            match &*kept {
+                Some(last) if last.fresh(failures) => last.result.clone()?,
+                _ => {
+                    let files = self.files.clone();
+                    let result = tokio::task::spawn_blocking(move || files.check())
+                        .await
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    *kept = Some(Readiness {
+                        at: Instant::now(),
+                        failures,
+                        result: result.clone(),
+                    });
+                    if self.files.lost.get().is_some() {
+                        // Not ready, and not answered so before the writer has retired.
+                        let _ = self.change(Change::Retire).await;
+                    }
+                    result?
+                }
+            }
+        }
         self.with_reader(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(from_sqlite))
     }
 }
 
 /// The writer thread: waits for a change, takes every other change already waiting (up to
-/// `MAX_GROUP`), commits them in one transaction and answers each. Ends when the store is
-/// dropped.
-fn write_in_groups(mut conn: Connection, changes: mpsc::Receiver<(Change, Reply)>) {
+/// `MAX_GROUP`), commits them in one transaction, checks that the database file is still the
+/// one it opened, and only then answers each. Ends when the store is dropped.
+fn write_in_groups(mut conn: Connection, changes: mpsc::Receiver<(Change, Reply)>, files: &Files) {
+    let mut retired = false;
     while let Ok(first) = changes.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -228,14 +543,28 @@ fn write_in_groups(mut conn: Connection, changes: mpsc::Receiver<(Change, Reply)
                 Err(_) => break,
             }
         }
-        match commit_group(&mut conn, &group) {
+        let outcome = files.refuse_if_lost().and_then(|()| {
+            let committed = commit_group(&mut conn, &group);
+            files.record_commit(&group, &committed);
+            // After the commit, before any answer: a write that went to a file deleted or
+            // replaced meanwhile is not acknowledged.
+            files.verify()?;
+            committed.map_err(from_sqlite)
+        });
+        // Before answering: once a client has seen the 503, no WAL of the lost file is left
+        // behind for a restart to replay, even if the process is killed right after.
+        if !retired && files.lost.get().is_some() {
+            retire(&conn);
+            retired = true;
+        }
+        match outcome {
             Ok(counts) => {
                 for ((_, reply), count) in group.into_iter().zip(counts) {
-                    let _ = reply.send(count);
+                    let _ = reply.send(Ok(count));
                 }
             }
             Err(e) => {
-                // Nothing of the group was committed: every change in it failed.
+                // Nothing of the group was acknowledged: every change in it failed.
                 tracing::error!(error = %e, size = group.len(), "an SQLite group commit failed");
                 for (_, reply) in group {
                     let _ = reply.send(Err(e.clone()));
@@ -243,26 +572,43 @@ fn write_in_groups(mut conn: Connection, changes: mpsc::Receiver<(Change, Reply)
             }
         }
     }
+    if retired {
+        // Closing the last connection deletes the WAL and shared-memory files *by name*, and
+        // those names may now be another database's: keep it open until the process ends.
+        std::mem::forget(conn);
+    }
 }
 
-/// Applies a group in one transaction. A change whose condition does not hold answers
-/// `Ok(0)` and leaves the others alone; any real error rolls the whole group back.
-fn commit_group(
-    conn: &mut Connection,
-    group: &[(Change, Reply)],
-) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(from_sqlite)?;
+/// Once the files are lost: copies what the WAL holds into the database file the connection
+/// has open (wherever it is now: moved away, or deleted) and empties the WAL. A WAL left
+/// behind at its path would otherwise be replayed, at the next start, into whatever file the
+/// database path names then (a replacement, or a new empty database), corrupting it.
+fn retire(conn: &Connection) {
+    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    });
+    match checkpoint {
+        Ok((0, _, _)) => tracing::warn!("emptied the WAL of the lost SQLite database"),
+        Ok((_, frames, copied)) => {
+            tracing::error!(frames, copied, "could not empty the WAL of the lost SQLite database")
+        }
+        Err(e) => tracing::error!(error = %e, "could not empty the WAL of the lost SQLite database"),
+    }
+}
+
+/// Applies a group in one transaction. A change whose condition does not hold counts 0 and
+/// leaves the others alone; any real error rolls the whole group back.
+fn commit_group(conn: &mut Connection, group: &[(Change, Reply)]) -> rusqlite::Result<Vec<usize>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut counts = Vec::with_capacity(group.len());
     for (change, _) in group {
-        counts.push(Ok(apply(&tx, change)?));
+        counts.push(apply(&tx, change)?);
     }
-    tx.commit().map_err(from_sqlite)?;
+    tx.commit()?;
     Ok(counts)
 }
 
-fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
+fn apply(conn: &Connection, change: &Change) -> rusqlite::Result<usize> {
     match change {
         Change::Write {
             key,
@@ -333,8 +679,8 @@ fn apply(conn: &Connection, change: &Change) -> Result<usize, StoreError> {
                    SELECT id FROM sessions WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
             )
             .and_then(|mut stmt| stmt.execute(params![now, limit])),
+        Change::Retire => Ok(0),
     }
-    .map_err(from_sqlite)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -360,15 +706,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit().map_err(from_sqlite)
 }
 
+/// Whether `err` says the disk refuses writes (full, failing, read-only), as opposed to a busy
+/// database or a bug.
+fn refuses_writes(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::ReadOnly | ErrorCode::CannotOpen)
+    )
+}
+
 fn from_sqlite(err: rusqlite::Error) -> StoreError {
     match err.sqlite_error_code() {
-        Some(
-            ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::CannotOpen
-            | ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure,
-        ) => StoreError::Unavailable(err.to_string()),
+        _ if refuses_writes(&err) => StoreError::Unavailable(err.to_string()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(err.to_string()),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(err.to_string()),
         _ => StoreError::Backend(err.to_string()),
     }
