@@ -372,3 +372,178 @@ async fn redis_cluster_reads_are_answered_while_writes_are_paused() {
     };
     reads_are_answered_while_writes_are_paused(redis).await;
 }
+
+/// Removes the SQLite database at `db` and its `-wal` and `-shm` files, as a careless operator
+/// (or a cleanup script) would under the running service.
+fn remove_database(db: &Path) {
+    std::fs::remove_file(db).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let mut side = db.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = std::fs::remove_file(side);
+    }
+}
+
+/// Checks the contract's 503 body (and `Retry-After`) of a write refused by the store.
+async fn assert_unavailable(response: reqwest::Response, what: &str) {
+    assert_eq!(response.status(), 503, "{what}");
+    assert_eq!(response.headers()["retry-after"], "1", "{what}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], json!(503), "{what}: {body}");
+    assert_eq!(body["status"], json!(503), "{what}: {body}");
+    assert_eq!(body["type"], json!("service_unavailable"), "{what}: {body}");
+}
+
+/// Writes that a test expects to be refused: a creation, and an attribute on `existing`.
+async fn refused_writes(client: &reqwest::Client, server: &Server, new_id: &str, existing: &str) {
+    let created = client
+        .put(format!("{}?upsert=true", common::server::context_url(server, new_id)))
+        .bearer_auth(common::manager())
+        .json(&json!({"currency": "EUR", "context": {"note": "x".repeat(2000)}, "metadata": {"version": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_unavailable(created, &format!("PUT {new_id}")).await;
+    let attribute = client
+        .post(format!("{}/attributes", common::server::context_url(server, existing)))
+        .bearer_auth(common::manager())
+        .json(&json!({"key": "later", "value": "y".repeat(2000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_unavailable(attribute, &format!("POST {existing}/attributes")).await;
+}
+
+/// The SQLite file deleted under the running service, in the middle of a write load: no write
+/// sent after the delete is acknowledged (they all answer 503, the contract's "outcome unknown"),
+/// readiness turns 503 and stays so, and after a restart nothing written after the delete exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_sqlite_file_acknowledges_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let url = format!("sqlite://{}", db.display());
+    let server = common::server::start(&url);
+    let client = reqwest::Client::new();
+    common::server::create_in_euros(&client, &server, "before").await;
+    assert_eq!(common::server::readiness(&client, &server).await, 200);
+
+    let deleted = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, deleted, stop, written) = (client.clone(), deleted.clone(), stop.clone(), written.clone());
+            let base = common::server::context_url(&server, "");
+            tokio::spawn(async move {
+                // (id, status) of every write sent after the files were gone
+                let mut after_delete = Vec::new();
+                for n in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let sent_after_delete = deleted.load(Ordering::SeqCst);
+                    let id = format!("w{w}-{n}");
+                    let status = client
+                        .put(format!("{base}{id}?upsert=true"))
+                        .bearer_auth(common::manager())
+                        .json(&json!({"currency": "EUR", "metadata": {"version": 1}}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    written.fetch_add(1, Ordering::SeqCst);
+                    if sent_after_delete {
+                        after_delete.push((id, status.as_u16()));
+                    }
+                }
+                after_delete
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while written.load(Ordering::SeqCst) < 40 {
+        assert!(Instant::now() < deadline, "the load made too few writes in 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    remove_database(&db);
+    deleted.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut after_delete = Vec::new();
+    for writer in writers {
+        after_delete.extend(writer.await.unwrap());
+    }
+    assert!(!after_delete.is_empty(), "no write was sent after the delete");
+    let answered: Vec<_> = after_delete.iter().filter(|(_, status)| *status != 503).collect();
+    assert!(
+        answered.is_empty(),
+        "{} of {} writes sent after the delete were not refused with 503, among them {:?}",
+        answered.len(),
+        after_delete.len(),
+        &answered[..answered.len().min(5)]
+    );
+    refused_writes(&client, &server, "after", "before").await;
+    assert_eq!(common::server::readiness(&client, &server).await, 503);
+    tokio::time::sleep(Duration::from_millis(700)).await; // past any cached readiness
+    assert_eq!(
+        common::server::readiness(&client, &server).await,
+        503,
+        "it stays unready"
+    );
+    println!("{} writes sent after the delete, all refused", after_delete.len());
+
+    drop(server);
+    let restarted = common::server::start(&url);
+    for id in after_delete.iter().map(|(id, _)| id.as_str()).chain(["after"]) {
+        let (status, body) = common::server::read(&client, &restarted, id).await;
+        assert_eq!(status, 404, "{id}, written after the delete, exists: {body}");
+    }
+}
+
+/// Another SQLite database renamed over the running service's file (a restore from a backup
+/// while it runs): writes answer 503 and none of them lands in either file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_sqlite_file_acknowledges_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, other) = (dir.path().join("db.sqlite"), dir.path().join("other.sqlite"));
+    let client = reqwest::Client::new();
+    {
+        let mut server = common::server::start(&format!("sqlite://{}", other.display()));
+        common::server::create_in_euros(&client, &server, "from-the-other-file").await;
+        server.signal("TERM");
+        assert!(server.wait_exit(Duration::from_secs(8)).success());
+        // Fold what a WAL may still hold into the file: `other` is then one file.
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0))
+            .unwrap();
+        drop(conn);
+        let mut wal = other.as_os_str().to_owned();
+        wal.push("-wal");
+        assert_eq!(
+            std::fs::metadata(&wal).map_or(0, |m| m.len()),
+            0,
+            "other.sqlite-wal is empty"
+        );
+    }
+    let url = format!("sqlite://{}", db.display());
+    let server = common::server::start(&url);
+    common::server::create_in_euros(&client, &server, "before").await;
+    assert_eq!(common::server::readiness(&client, &server).await, 200);
+
+    std::fs::rename(&other, &db).unwrap();
+    refused_writes(&client, &server, "after", "before").await;
+    assert_eq!(common::server::readiness(&client, &server).await, 503);
+    // Reads are refused too: a new reading connection would open the replacement.
+    let (status, body) = common::server::read(&client, &server, "before").await;
+    assert_eq!(status, 503, "{body}");
+
+    drop(server);
+    let restarted = common::server::start(&url);
+    let found = |id: &'static str| {
+        let (client, restarted) = (client.clone(), &restarted);
+        async move { common::server::read(&client, restarted, id).await.0 }
+    };
+    assert_eq!(found("from-the-other-file").await, 200, "the replacement is served");
+    assert_eq!(found("after").await, 404, "a write refused with 503 was stored");
+    assert_eq!(found("before").await, 404);
+}
