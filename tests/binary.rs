@@ -547,3 +547,127 @@ async fn a_replaced_sqlite_file_acknowledges_no_write() {
     assert_eq!(found("after").await, 404, "a write refused with 503 was stored");
     assert_eq!(found("before").await, 404);
 }
+
+/// Polls `/health/ready` until it answers `status` (the readiness probe is cached briefly).
+async fn wait_for_readiness(client: &reqwest::Client, server: &Server, status: u16, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = common::server::readiness(client, server).await;
+        if now.as_u16() == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}: /health/ready still answers {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if output.status.success() {
+            Ok(Tmpfs(dir.to_owned()))
+        } else {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            Err(stderr.lines().next().unwrap_or("mount failed").trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Fills the file system under `path` with one file until it refuses another byte.
+fn fill_until_full(path: &Path) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x5a_u8; 1 << 16];
+    for size in [1 << 16, 1 << 12, 1] {
+        loop {
+            match filler.write(&chunk[..size]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// A full disk: writes answer 503 with the contract's body and readiness is 503; once space
+/// returns, readiness is 200 again and writes work, without a restart. On a small tmpfs; where
+/// none can be mounted (not root, no CAP_SYS_ADMIN), a directory that refuses new files stands
+/// in for it, which checks readiness only (and says so). Under CI=true the tmpfs must work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_turns_writes_and_readiness_to_503_until_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = Tmpfs::mount(dir.path(), "4m");
+    let _mount = match mounted {
+        Ok(mount) => mount,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI must be able to mount a tmpfs for the full-disk test: {e}")
+        }
+        Err(e) => return full_disk_fallback(dir.path(), &e).await,
+    };
+    let db = dir.path().join("db.sqlite");
+    let server = common::server::start(&format!("sqlite://{}", db.display()));
+    let client = reqwest::Client::new();
+    common::server::create_in_euros(&client, &server, "before").await;
+    assert_eq!(common::server::readiness(&client, &server).await, 200);
+
+    let filler = dir.path().join("filler");
+    fill_until_full(&filler);
+    wait_for_readiness(&client, &server, 503, "the disk is full").await;
+    for n in 0..5 {
+        refused_writes(&client, &server, &format!("full{n}"), "before").await;
+    }
+    assert_eq!(common::server::readiness(&client, &server).await, 503);
+    let (status, body) = common::server::read(&client, &server, "before").await;
+    assert_eq!(status, 200, "reads need no space: {body}");
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_for_readiness(&client, &server, 200, "space is back").await;
+    common::server::create_in_euros(&client, &server, "after").await;
+    let (status, body) = common::server::read(&client, &server, "after").await;
+    assert_eq!((status.as_u16(), &body["currency"]), (200, &json!("EUR")), "{body}");
+    drop(server);
+}
+
+/// Without a tmpfs: a database directory that refuses new files makes readiness 503, and
+/// allowing them again makes it 200. (Writes into the already-open WAL still succeed there, so
+/// this checks readiness only.)
+async fn full_disk_fallback(dir: &Path, mount_error: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() == "0" {
+        println!(
+            "SKIPPED: cannot mount a tmpfs ({mount_error}), and as root no directory refuses writes: \
+             the full-disk test did not run"
+        );
+        return;
+    }
+    println!(
+        "FALLBACK: cannot mount a tmpfs ({mount_error}): checking readiness against a directory \
+         that refuses new files instead of a full disk (writes are not checked)"
+    );
+    let data = dir.join("data");
+    let server = common::server::start(&format!("sqlite://{}", data.join("db.sqlite").display()));
+    let client = reqwest::Client::new();
+    common::server::create_in_euros(&client, &server, "before").await;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    wait_for_readiness(&client, &server, 503, "the directory refuses new files").await;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wait_for_readiness(&client, &server, 200, "the directory takes files again").await;
+}
