@@ -24,10 +24,10 @@ pub async fn live() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
-/// The process is up and its store answers.
+/// The process is up and its store can take writes.
 #[utoipa::path(get, path = "/health/ready", tag = "Operations",
     responses((status = 200, description = "Ready", body = Health),
-              (status = 503, description = "The store cannot be reached", body = ErrorBody)))]
+              (status = 503, description = "The store cannot take writes: unreachable, an SQLite file deleted or replaced, or a disk that refuses writes", body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
     match state.sessions.store().ping().await {
         Ok(()) => Ok(axum::Json(Health { status: "ok" })),

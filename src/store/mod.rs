@@ -165,7 +165,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes up to `limit` records expired at `now`; returns how many went.
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError>;
 
-    /// Whether the store answers at all.
+    /// Whether the store can take writes now (readiness): it answers, and, where the store can
+    /// tell, its storage accepts writes (SQLite: the file is still the one opened and the disk
+    /// has room).
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
