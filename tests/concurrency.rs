@@ -188,6 +188,16 @@ impl SessionStore for Gate {
         self.inner.delete(key, revision, now).await
     }
 
+    async fn extend(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.inner.extend(key, revision, expires_at, now).await
+    }
+
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         self.inner.sweep_expired(now, limit).await
     }

@@ -1,4 +1,6 @@
-//! `memory://`: a map behind a lock. Nothing survives a restart; for tests and demos.
+//! `memory://`: a map behind a lock. Each conditional change (write, delete, extend) checks
+//! and changes the record under one hold of the lock, hence atomically. Nothing survives a
+//! restart; for tests and demos.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -17,7 +19,8 @@ pub struct MemoryStore {
 impl MemoryStore {
     fn records(&self) -> MutexGuard<'_, HashMap<SessionKey, StoredSession>> {
         // A panic while holding the lock cannot leave a half-written record (every change is
-        // one insert or remove), so a poisoned lock is still safe to use.
+        // one insert, one remove or one assignment of the expiry), so a poisoned lock is still
+        // safe to use.
         self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -56,6 +59,22 @@ impl SessionStore for MemoryStore {
         match records.get(key) {
             Some(r) if r.is_live(now) && r.revision() == revision => {
                 records.remove(key);
+                Ok(())
+            }
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn extend(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        match self.records().get_mut(key) {
+            Some(r) if r.is_live(now) && r.revision() == revision => {
+                r.expires_at = expires_at;
                 Ok(())
             }
             _ => Err(StoreError::Conflict),

@@ -1,8 +1,10 @@
 //! Where sessions are kept. [`SessionStore`] is deliberately narrow: load a record, write it
 //! only if the stored version is still the expected one (or the key is absent or expired),
-//! delete, sweep expired records, ping. Every backend makes the conditional write atomic in its
-//! own native way, so that all backends behave alike and no update is ever lost. The rules of
-//! the contract live in `domain/`, never here.
+//! delete it or move its expiry only if it is still at the revision named, sweep expired
+//! records, ping. Every backend makes each conditional change atomic in its own native way, so
+//! that all backends behave alike and no update is ever lost. Moving the expiry (`extend`) is
+//! not a change of the session: version, generation and document stay as they are. When and
+//! to what an expiry moves is a rule of the contract, and those live in `domain/`, never here.
 
 mod memory;
 mod postgres;
@@ -97,7 +99,7 @@ pub fn sql_version(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version).map_err(|_| StoreError::Corrupt("version out of range".into()))
 }
 
-/// One state of one life of a session: what a conditional delete names.
+/// One state of one life of a session: what a conditional delete or extend names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Revision {
     pub version: u64,
@@ -161,6 +163,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `write`, so that a delete decided on one state of a session (for example "it has no
     /// customer") never removes another.
     async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError>;
+
+    /// Moves the expiry of the record under `key` to `expires_at` (`None` = never expires) if it
+    /// is live at `now` and still at `revision`, atomically; its version, generation and document
+    /// stay as they are. Else [`StoreError::Conflict`] and nothing changes.
+    async fn extend(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError>;
 
     /// Removes up to `limit` records expired at `now`; returns how many went.
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError>;

@@ -1,9 +1,12 @@
 //! `postgres://`: one row per session, shared by any number of service instances. The
 //! conditional write is one statement (`UPDATE ... WHERE version = $v AND generation = $g` or
 //! `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`), so there are no table locks and no
-//! lost updates. Migrations run at start under sqlx's advisory lock, so instances may start
-//! together. Every call is bounded by the statement timeout, also on the client side, so an
-//! unreachable database answers 503 instead of hanging.
+//! lost updates. The conditional delete (`DELETE ... WHERE version = $v AND generation = $g`)
+//! and moving an expiry (`UPDATE sessions SET expires_at = $e WHERE version = $v AND
+//! generation = $g`, which touches no other column) are one statement each too. Migrations
+//! run at start under sqlx's advisory lock, so instances may start together. Every call is
+//! bounded by the statement timeout, also on the client side, so an unreachable database
+//! answers 503 instead of hanging.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -139,6 +142,36 @@ impl SessionStore for PostgresStore {
                 )
                 .bind(&key.tenant)
                 .bind(&key.session_id)
+                .bind(sql_version(revision.version).unwrap_or(-1))
+                .bind(revision.generation)
+                .bind(now)
+                .execute(&self.pool),
+            )
+            .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn extend(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let done = self
+            .bounded(
+                sqlx::query(
+                    "UPDATE sessions SET expires_at = $3
+                     WHERE tenant = $1 AND session_id = $2 AND version = $4 AND generation = $5
+                       AND (expires_at IS NULL OR expires_at > $6)",
+                )
+                .bind(&key.tenant)
+                .bind(&key.session_id)
+                .bind(expires_at)
                 .bind(sql_version(revision.version).unwrap_or(-1))
                 .bind(revision.generation)
                 .bind(now)

@@ -1,25 +1,30 @@
 //! `redis://` and `redis-cluster://`: one hash per session under `<prefix>:{<tenant>:<sessionId>}`,
-//! so a session never spans cluster slots. The check-and-write and the delete are Lua scripts on
-//! that one key (sent by hash, loaded on first use), hence atomic. Anonymous sessions get a
-//! native expiry (`PEXPIRE`), removed with `PERSIST` when a customer is set; the record's own
-//! expiry time is compared too, so a session is missing the moment it expires. Topology
-//! discovery, MOVED/ASK redirects and reconnects are the `redis` crate's work. No `KEYS`, `SCAN`
-//! or `RENAME` anywhere.
+//! so a session never spans cluster slots. The check-and-write, the delete and moving the expiry
+//! are Lua scripts on that one key (sent by hash, loaded on first use), hence atomic; each
+//! checks version and generation first. A record with an expiry time (field `e`) also gets a
+//! native expiry (`PEXPIRE`, relative to the caller's `now`), removed with `PERSIST` when it
+//! has none; the script that moves the expiry sets both, and leaves version, generation and
+//! document alone. The record's own expiry time is compared too, so a session is missing the
+//! moment it expires. Topology discovery, MOVED/ASK redirects and reconnects are the `redis`
+//! crate's work. No `KEYS`, `SCAN` or `RENAME` anywhere.
 //!
 //! Loads and pings have a connection of their own (on a cluster, one to each node), apart from
-//! the one the write and delete scripts share. Redis runs one connection's commands in order,
-//! so on a single shared connection a script that Redis holds back (`CLIENT PAUSE WRITE`, as a
-//! failover does) held back every later read too, of any session. Reads stay linearizable:
-//! both connections reach the same server (on a cluster the primary that owns the slot, never
-//! a replica), which runs commands one at a time, so a read sent after a write was acknowledged
-//! runs after it and sees it; a write still held back, or answered 503 by the response timeout,
-//! may still take effect later, which is what the contract's "outcome unknown" allows.
+//! the one the write, delete and extend scripts share. Redis runs one connection's commands in
+//! order, so on a single shared connection a script that Redis holds back (`CLIENT PAUSE
+//! WRITE`, as a failover does) held back every later read too, of any session. Reads stay
+//! linearizable: both connections reach the same server (on a cluster the primary that owns the
+//! slot, never a replica), which runs commands one at a time, so a read sent after a write was
+//! acknowledged runs after it and sees it; a write still held back, or answered 503 by the
+//! response timeout, may still take effect later, which is what the contract's "outcome
+//! unknown" allows.
 //!
 //! A response timeout does not poison a connection: the crate's multiplexed connections match
 //! answers to requests in order, so the late answer of a timed-out script is read and dropped,
 //! and a timeout is not a reason to reconnect (only a dropped connection is). The script itself
-//! may still run once Redis takes writes again; being conditional, it and a retry with the same
-//! version cannot both apply: whichever runs second finds the version moved on.
+//! may still run once Redis takes writes again; being conditional, a write and a retry with the
+//! same version cannot both apply: whichever runs second finds the version moved on. Moving an
+//! expiry leaves the version where it is, so a late extend script can still apply after a later
+//! one of the same revision and set the expiry it was sent with, which may be the earlier one.
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -63,15 +68,33 @@ redis.call('DEL', KEYS[1])
 return 1
 "#;
 
+/// KEYS[1]: the session. ARGV: now, expected version, expected generation, expires_at ("" =
+/// never), ttl in ms from now. Moves the expiry (field and native) and returns 1 only when the
+/// session is live and at exactly that version and generation; nothing else changes.
+const EXTEND: &str = r#"
+local stored = redis.call('HMGET', KEYS[1], 'v', 'e', 'g')
+local live = stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[1]))
+if not live or stored[1] ~= ARGV[2] or (stored[3] or '0') ~= ARGV[3] then return 0 end
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[1], 'e')
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'e', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return 1
+"#;
+
 /// Sessions in Redis, over single-server or cluster connections.
 pub struct RedisStore<C> {
     /// Loads and pings: never queued behind a write.
     reads: C,
-    /// The write and delete scripts.
+    /// The write, delete and extend scripts.
     writes: C,
     prefix: String,
     write: Script,
     delete: Script,
+    extend: Script,
 }
 
 impl RedisStore<ConnectionManager> {
@@ -139,6 +162,7 @@ impl<C> RedisStore<C> {
             prefix: options.prefix.clone(),
             write: Script::new(WRITE),
             delete: Script::new(DELETE),
+            extend: Script::new(EXTEND),
         }
     }
 
@@ -194,12 +218,7 @@ where
             Expect::Absent => ("absent", String::new(), String::new()),
             Expect::Current { version, generation } => ("current", version.to_string(), generation.to_string()),
         };
-        let (expires_at, ttl) = match record.expires_at {
-            // The native expiry is relative, so it does not depend on the clocks of Redis
-            // and of this instance agreeing.
-            Some(at) => (at.to_string(), at.saturating_sub(now).max(1).to_string()),
-            None => (String::new(), String::new()),
-        };
+        let (expires_at, ttl) = expiry_args(record.expires_at, now);
         let written: i64 = self
             .write
             .key(self.key(key))
@@ -239,8 +258,34 @@ where
         }
     }
 
-    /// Redis removes expired sessions itself (each anonymous session carries a native expiry),
-    /// so there is nothing to sweep: always 0.
+    async fn extend(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (expires_at, ttl) = expiry_args(expires_at, now);
+        let extended: i64 = self
+            .extend
+            .key(self.key(key))
+            .arg(now)
+            .arg(revision.version)
+            .arg(revision.generation)
+            .arg(expires_at)
+            .arg(ttl)
+            .invoke_async(&mut self.writes.clone())
+            .await
+            .map_err(from_redis)?;
+        if extended == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    /// Redis removes expired sessions itself (each record with an expiry time carries a native
+    /// expiry), so there is nothing to sweep: always 0.
     async fn sweep_expired(&self, _now: Millis, _limit: usize) -> Result<usize, StoreError> {
         Ok(0)
     }
@@ -251,6 +296,17 @@ where
             .await
             .map(|_| ())
             .map_err(from_redis)
+    }
+}
+
+/// A record's expiry as the scripts take it: the time for field `e` and the native expiry in ms
+/// from `now`, both "" for a record that never expires. The native expiry is relative, so it
+/// does not depend on the clocks of Redis and of this instance agreeing. It is at least 1 ms
+/// (`PEXPIRE` with 0 or less would delete the key on the spot).
+fn expiry_args(expires_at: Option<Millis>, now: Millis) -> (String, String) {
+    match expires_at {
+        Some(at) => (at.to_string(), at.saturating_sub(now).max(1).to_string()),
+        None => (String::new(), String::new()),
     }
 }
 

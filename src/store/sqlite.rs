@@ -3,9 +3,13 @@
 //! and power loss). Reads run right on the async threads with a pooled connection. Writes go to
 //! one writer thread that commits them in groups: it takes every write waiting for it, runs
 //! them in one transaction and answers them all after one commit, so many concurrent writers
-//! share one fsync instead of queueing for one each. Each write in a group is still its own
-//! conditional statement (`UPDATE ... WHERE version = ?` or `INSERT ... ON CONFLICT DO UPDATE
-//! ... WHERE expired`), applied in arrival order.
+//! share one fsync instead of queueing for one each. Each change in a group is still its own
+//! conditional statement, applied in arrival order: a write is `UPDATE ... WHERE version = ?`
+//! or `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`, a delete `DELETE ... WHERE version
+//! = ? AND generation = ?`, and moving an expiry `UPDATE sessions SET expires_at = ? WHERE
+//! version = ? AND generation = ?` (only that column: version, generation and document stay).
+//! Moving an expiry is a write like any other here, so it goes through the writer thread, the
+//! group commit and the file checks below before it is acknowledged.
 //!
 //! **The file under the service.** SQLite keeps writing to the file it opened even after that
 //! file was deleted, or another one renamed over its path: the writes succeed, and are gone at
@@ -111,8 +115,8 @@ const RECHECK_AT_LEAST_AFTER: Duration = Duration::from_millis(50);
 /// each (the row's leaf, the leaves of both indexes, a parent on a split).
 const CHANGE_OVERHEAD: u64 = 4 * (4096 + 24);
 
-/// A change for the writer thread. Every answer is a count: 0 or 1 for a write or a delete
-/// (1 = done), the number removed for a sweep.
+/// A change for the writer thread. Every answer is a count: 0 or 1 for a write, a delete or an
+/// extend (1 = done), the number removed for a sweep.
 enum Change {
     Write {
         key: SessionKey,
@@ -123,6 +127,12 @@ enum Change {
     Delete {
         key: SessionKey,
         revision: Revision,
+        now: Millis,
+    },
+    Extend {
+        key: SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
         now: Millis,
     },
     Sweep {
@@ -141,7 +151,7 @@ impl Change {
     fn size(&self) -> u64 {
         match self {
             Change::Write { record, .. } => CHANGE_OVERHEAD + record.doc.len() as u64,
-            Change::Delete { .. } | Change::Sweep { .. } => CHANGE_OVERHEAD,
+            Change::Delete { .. } | Change::Extend { .. } | Change::Sweep { .. } => CHANGE_OVERHEAD,
             Change::Retire => 0,
         }
     }
@@ -494,6 +504,25 @@ impl SessionStore for SqliteStore {
         }
     }
 
+    async fn extend(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let change = Change::Extend {
+            key: key.clone(),
+            revision,
+            expires_at,
+            now,
+        };
+        match self.change(change).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.change(Change::Sweep { now, limit }).await
@@ -668,6 +697,27 @@ fn apply(conn: &Connection, change: &Change) -> rusqlite::Result<usize> {
                 stmt.execute(params![
                     key.tenant,
                     key.session_id,
+                    sql_version(revision.version).unwrap_or(-1),
+                    revision.generation,
+                    now
+                ])
+            }),
+        Change::Extend {
+            key,
+            revision,
+            expires_at,
+            now,
+        } => conn
+            .prepare_cached(
+                "UPDATE sessions SET expires_at = ?3
+                 WHERE tenant = ?1 AND session_id = ?2 AND version = ?4 AND generation = ?5
+                   AND (expires_at IS NULL OR expires_at > ?6)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    key.tenant,
+                    key.session_id,
+                    expires_at,
                     sql_version(revision.version).unwrap_or(-1),
                     revision.generation,
                     now

@@ -604,6 +604,16 @@ impl SessionStore for LastWriterWins {
         self.0.delete(key, revision, now).await
     }
 
+    async fn extend(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.0.extend(key, revision, expires_at, now).await
+    }
+
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         self.0.sweep_expired(now, limit).await
     }
