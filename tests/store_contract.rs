@@ -1,6 +1,6 @@
 //! The store contract suite: written once, run on every backend. A backend only stores and
 //! compares, so these tests pin down exactly that: loads, conditional writes, expiry, deletes,
-//! sweeps, tenant separation and atomicity under concurrent writers.
+//! moving an expiry, sweeps, tenant separation and atomicity under concurrent writers.
 
 mod common;
 
@@ -166,6 +166,96 @@ async fn delete_removes_only_the_live_revision_it_names(backend: Backend) {
     assert_eq!(store.load(&key("live"), NOW).await.unwrap(), None);
 }
 
+async fn extend_moves_the_expiry_and_nothing_else(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let (old_end, new_end) = (NOW + 30_000, NOW + 60_000);
+    let stored = record(2, Some(old_end), "doc");
+    store.write(&key("s"), Expect::Absent, &stored, NOW).await.unwrap();
+    store
+        .extend(&key("s"), stored.revision(), Some(new_end), NOW + 10)
+        .await
+        .unwrap();
+    let extended = StoredSession {
+        expires_at: Some(new_end),
+        ..stored.clone()
+    };
+    // Version, generation and document as they were: only the expiry moved.
+    assert_eq!(store.load(&key("s"), old_end).await.unwrap(), Some(extended.clone()));
+    assert_eq!(store.load(&key("s"), new_end - 1).await.unwrap(), Some(extended));
+    assert_eq!(store.load(&key("s"), new_end).await.unwrap(), None);
+    // Still the same revision: a change made from it lands.
+    store
+        .write(&key("s"), Expect::unchanged(&stored), &record(3, None, "next"), old_end)
+        .await
+        .unwrap();
+}
+
+async fn extend_of_another_revision_or_a_dead_session_conflicts_and_changes_nothing(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let conflict = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Conflict));
+    let end = NOW + 30_000;
+    let live = record(2, Some(end), "x");
+    assert!(conflict(store.extend(&key("none"), live.revision(), None, NOW).await));
+    assert_eq!(store.load(&key("none"), NOW).await.unwrap(), None);
+    store.write(&key("live"), Expect::Absent, &live, NOW).await.unwrap();
+    let older = Revision {
+        version: 1,
+        ..live.revision()
+    };
+    let newer = Revision {
+        version: 3,
+        ..live.revision()
+    };
+    let other_life = Revision {
+        generation: live.generation + 1,
+        ..live.revision()
+    };
+    for revision in [older, newer, other_life] {
+        for expires_at in [Some(end + 60_000), None] {
+            assert!(
+                conflict(store.extend(&key("live"), revision, expires_at, NOW).await),
+                "{revision:?} to {expires_at:?}"
+            );
+            assert_eq!(store.load(&key("live"), NOW).await.unwrap(), Some(live.clone()));
+        }
+    }
+    assert_eq!(store.load(&key("live"), end).await.unwrap(), None, "the expiry moved");
+    // An expired session is not brought back.
+    let dead = record(1, Some(NOW - 1), "x");
+    store.write(&key("dead"), Expect::Absent, &dead, NOW - 5).await.unwrap();
+    for expires_at in [Some(end), None] {
+        assert!(conflict(
+            store.extend(&key("dead"), dead.revision(), expires_at, NOW).await
+        ));
+        assert_eq!(store.load(&key("dead"), NOW).await.unwrap(), None);
+    }
+    store
+        .write(&key("dead"), Expect::Absent, &record(1, None, "new"), NOW)
+        .await
+        .unwrap();
+}
+
+async fn extend_to_none_keeps_a_session_for_ever_and_back(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let stored = record(1, Some(NOW + 30_000), "x");
+    store.write(&key("s"), Expect::Absent, &stored, NOW).await.unwrap();
+    store.extend(&key("s"), stored.revision(), None, NOW).await.unwrap();
+    let for_ever = record(1, None, "x");
+    let much_later = NOW + 10 * 365 * 24 * 3_600_000;
+    assert_eq!(store.load(&key("s"), much_later).await.unwrap(), Some(for_ever.clone()));
+    // and a session without an expiry can be given one
+    let end = NOW + 60_000;
+    store
+        .extend(&key("s"), for_ever.revision(), Some(end), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&key("s"), end - 1).await.unwrap(),
+        Some(record(1, Some(end), "x"))
+    );
+    assert_eq!(store.load(&key("s"), end).await.unwrap(), None);
+}
+
 async fn sweep_removes_expired_records_in_batches(backend: Backend) {
     let (store, _dir) = open_store(backend).await;
     for i in 0..5 {
@@ -273,6 +363,9 @@ on_every_backend!(
     a_session_created_anew_is_not_taken_for_its_predecessor,
     expired_sessions_are_missing_at_once,
     delete_removes_only_the_live_revision_it_names,
+    extend_moves_the_expiry_and_nothing_else,
+    extend_of_another_revision_or_a_dead_session_conflicts_and_changes_nothing,
+    extend_to_none_keeps_a_session_for_ever_and_back,
     sweep_removes_expired_records_in_batches,
     tenants_never_share_a_session,
     exactly_one_of_many_concurrent_writers_wins,
@@ -326,6 +419,37 @@ on_backend!(
     redis_cluster_native_expiry,
     RedisCluster,
     redis_expires_anonymous_sessions_by_itself_and_persists_customer_ones
+);
+
+/// Moving the expiry moves Redis's own expiry with it: later, earlier, or away.
+async fn redis_extend_moves_the_native_expiry_too(backend: Backend) {
+    use session_context::clock::{Clock, SystemClock};
+    let (store, _dir) = open_store(backend).await;
+    let now = SystemClock.now();
+    let (brief, long) = (Some(now + 300), Some(now + 60_000));
+    for (id, written, extended) in [("later", brief, long), ("earlier", long, brief), ("never", brief, None)] {
+        let stored = record(1, written, id);
+        store.write(&key(id), Expect::Absent, &stored, now).await.unwrap();
+        store.extend(&key(id), stored.revision(), extended, now).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // As of `now` every record would still be live: finding one missing means Redis deleted it.
+    assert_eq!(
+        store.load(&key("later"), now).await.unwrap(),
+        Some(record(1, long, "later"))
+    );
+    assert_eq!(store.load(&key("earlier"), now).await.unwrap(), None);
+    assert_eq!(
+        store.load(&key("never"), now).await.unwrap(),
+        Some(record(1, None, "never"))
+    );
+}
+
+on_backend!(redis_native_extend, Redis, redis_extend_moves_the_native_expiry_too);
+on_backend!(
+    redis_cluster_native_extend,
+    RedisCluster,
+    redis_extend_moves_the_native_expiry_too
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,6 +574,10 @@ async fn sqlite_refuses_everything(store: &dyn SessionStore, existing: &StoredSe
         "an update",
     );
     unavailable(store.delete(&key("s"), existing.revision(), NOW).await, "a delete");
+    unavailable(
+        store.extend(&key("s"), existing.revision(), Some(NOW + 1), NOW).await,
+        "an extend",
+    );
     unavailable(store.sweep_expired(NOW, 10).await, "a sweep");
     unavailable(store.ping().await, "the ping");
     unavailable(store.load(&key("s"), NOW).await, "a read");
