@@ -161,6 +161,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_CONTEXT_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
+    /// A browser origin (scheme://host[:port]) whose storefront may call the API, `*` for any;
+    /// repeatable, comma-separated in the environment. Without it, no CORS headers at all.
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
+
     /// Try it out: use a random secret (unless one is given) and print ready-to-use tokens.
     #[arg(long, env = "SESSION_CONTEXT_DEV")]
     pub dev: bool,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::auth::{AuthSettings, ClaimNames, KeySource};
 use crate::cli::ServeArgs;
+use crate::http::cors::CorsOrigins;
 use crate::store::StoreUrl;
 
 /// Everything `serve` needs.
@@ -25,6 +26,8 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     pub request_timeout: Duration,
     pub sweep_interval: Duration,
+    /// Browser origins allowed to call the API (`--cors-origin`).
+    pub cors_origins: CorsOrigins,
     /// In `--dev` mode, the secret to print demo tokens with.
     pub dev_secret: Option<Vec<u8>>,
 }
@@ -83,6 +86,7 @@ impl Settings {
         if args.max_connections == 0 {
             return Err("--max-connections must be greater than 0".into());
         }
+        let cors_origins = CorsOrigins::parse(&args.cors_origin)?;
         Ok(Settings {
             listen: args.listen,
             store: args.store,
@@ -108,6 +112,7 @@ impl Settings {
             max_concurrent_streams: args.max_concurrent_streams,
             request_timeout: args.request_timeout,
             sweep_interval: args.sweep_interval,
+            cors_origins,
             dev_secret,
         })
     }
@@ -140,6 +145,28 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_are_repeatable_and_checked_at_start() {
+        let with = |flags: &[&str]| settings(&[&["--jwt-secret", "x"], flags].concat());
+        // Repeated, and comma-separated as in the environment.
+        let origins = [
+            "--cors-origin",
+            "https://a.example",
+            "--cors-origin",
+            "http://b.example:8080,https://a.example",
+        ];
+        assert_eq!(
+            with(&origins).unwrap().cors_origins,
+            CorsOrigins::List(vec![
+                "https://a.example".parse().unwrap(),
+                "http://b.example:8080".parse().unwrap()
+            ])
+        );
+        assert_eq!(with(&["--cors-origin", "*"]).unwrap().cors_origins, CorsOrigins::Any);
+        let err = with(&["--cors-origin", "https://a.example/shop"]).unwrap_err();
+        assert!(err.contains("--cors-origin"), "{err}");
+    }
+
+    #[test]
     fn without_a_key_serve_names_the_flags() {
         let err = settings(&[]).unwrap_err();
         for flag in ["--jwt-secret", "--jwt-public-key", "--jwks", "--dev"] {
@@ -167,6 +194,7 @@ mod tests {
         assert_eq!(s.idle_timeout, Duration::from_secs(60));
         assert_eq!(s.max_concurrent_streams, 16);
         assert_eq!(s.dev_secret, None);
+        assert_eq!(s.cors_origins, CorsOrigins::Off);
         let never = settings(&["--jwt-secret", "x", "--anonymous-ttl", "0"]).unwrap();
         assert_eq!(never.anonymous_ttl, None);
     }

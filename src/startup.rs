@@ -87,6 +87,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             max_body_bytes: settings.max_body_bytes,
             max_inflight_body_bytes: settings.max_inflight_body_bytes,
             request_timeout: settings.request_timeout,
+            cors_origins: settings.cors_origins.clone(),
         },
     );
     let limits = ConnectionLimits {

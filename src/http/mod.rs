@@ -6,6 +6,7 @@ pub mod admission;
 pub mod attributes;
 pub mod auth;
 pub mod context;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod me;
@@ -73,8 +74,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The limits on each request and on all of them together.
-#[derive(Debug, Clone, Copy)]
+/// The limits on each request and on all of them together, and the browser origins that may
+/// send them.
+#[derive(Debug, Clone)]
 pub struct RequestLimits {
     /// Largest request body (413 past it).
     pub max_body_bytes: usize,
@@ -82,15 +84,18 @@ pub struct RequestLimits {
     pub max_inflight_body_bytes: usize,
     /// Longest one request may take, body upload included (408 past it).
     pub request_timeout: Duration,
+    /// Browser origins allowed to call the API (CORS); off by default.
+    pub cors_origins: cors::CorsOrigins,
 }
 
 impl Default for RequestLimits {
-    /// The command line's defaults: 64 KiB, 64 MiB, 30 s.
+    /// The command line's defaults: 64 KiB, 64 MiB, 30 s, no CORS.
     fn default() -> Self {
         RequestLimits {
             max_body_bytes: 64 * 1024,
             max_inflight_body_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            cors_origins: cors::CorsOrigins::Off,
         }
     }
 }
@@ -104,7 +109,7 @@ pub fn router(mut state: AppState, limits: &RequestLimits) -> Router {
     ));
     let (routes, doc) = api();
     state.openapi = Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into()));
-    routes
+    let app = routes
         .fallback(|| async { ApiError::from(ErrorKind::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError::from(ErrorKind::MethodNotAllowed) })
         .layer(axum::middleware::from_fn(
@@ -122,7 +127,15 @@ pub fn router(mut state: AppState, limits: &RequestLimits) -> Router {
             tracing::error!("a request handler panicked");
             ApiError::from(ErrorKind::Internal).into_response()
         }))
-        .with_state(state)
+        .with_state(state);
+    // CORS goes outermost, so that every answer to an allowed origin carries its headers,
+    // including those the other layers make themselves (500 from catch-panic, 413/503 from
+    // admission, 408 from the timeout). It answers preflights itself, so they need no token
+    // (and are not counted in the metrics).
+    match limits.cors_origins.layer() {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
 }
 
 /// `"<version>"`, the entity tag of a session at `version`.
