@@ -73,7 +73,7 @@ struct Fixture {
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let sessions = Sessions::new(Arc::new(MemoryStore::default()), Arc::new(SystemClock), Some(3_600_000));
+    let sessions = Sessions::new(Arc::new(MemoryStore::default()), Arc::new(SystemClock), Default::default());
     let state = AppState::new(sessions, Arc::new(verifier()), Arc::new(Metrics::default()));
     let token = mint_hs256(
         SECRET,

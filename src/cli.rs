@@ -121,9 +121,24 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_CONTEXT_CLAIM_CUSTOMER_ID", default_value = "customerId")]
     pub claim_customer_id: String,
 
-    /// Lifetime of anonymous sessions after their last change: 2s, 30m, 1h, ... (0 = never).
+    /// Idle timeout of anonymous sessions, from their last use (reads included): 2s, 30m, 1h,
+    /// ... (0 = never).
     #[arg(long, env = "SESSION_CONTEXT_ANONYMOUS_TTL", default_value = "1h", value_parser = parse_duration)]
     pub anonymous_ttl: Duration,
+
+    /// Absolute cap of anonymous sessions, from their creation, however much they are used
+    /// (0 = none).
+    #[arg(long, env = "SESSION_CONTEXT_ANONYMOUS_MAX_AGE", default_value = "0", value_parser = parse_duration)]
+    pub anonymous_max_age: Duration,
+
+    /// Idle timeout of customer sessions, from their last use (0 = never).
+    #[arg(long, env = "SESSION_CONTEXT_CUSTOMER_TTL", default_value = "0", value_parser = parse_duration)]
+    pub customer_ttl: Duration,
+
+    /// A `/me` request for a missing session creates it first (with the token's customer and
+    /// its siteCode, currency, language and targetLocation claims).
+    #[arg(long, env = "SESSION_CONTEXT_CREATE_ON_FIRST_USE")]
+    pub create_on_first_use: bool,
 
     /// Largest accepted request body in bytes (413 beyond).
     #[arg(long, env = "SESSION_CONTEXT_MAX_BODY_BYTES", default_value_t = 65_536)]

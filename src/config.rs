@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::auth::{AuthSettings, ClaimNames, KeySource};
 use crate::cli::ServeArgs;
+use crate::clock::Millis;
+use crate::domain::Lifetime;
 use crate::http::cors::CorsOrigins;
+use crate::service::Policy;
 use crate::store::StoreUrl;
 
 /// Everything `serve` needs.
@@ -15,8 +18,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub store: StoreUrl,
     pub auth: AuthSettings,
-    /// Lifetime of anonymous sessions; `None` = never expire.
-    pub anonymous_ttl: Option<Duration>,
+    /// How sessions live, and whether a storefront's first use creates its session.
+    pub policy: Policy,
     pub max_body_bytes: usize,
     pub max_inflight_body_bytes: usize,
     pub max_header_bytes: usize,
@@ -102,7 +105,14 @@ impl Settings {
                     customer_id: args.claim_customer_id,
                 },
             },
-            anonymous_ttl: (!args.anonymous_ttl.is_zero()).then_some(args.anonymous_ttl),
+            policy: Policy {
+                lifetime: Lifetime {
+                    anonymous_ttl: millis(args.anonymous_ttl),
+                    anonymous_max_age: millis(args.anonymous_max_age),
+                    customer_ttl: millis(args.customer_ttl),
+                },
+                create_on_first_use: args.create_on_first_use,
+            },
             max_body_bytes: args.max_body_bytes,
             max_inflight_body_bytes: args.max_inflight_body_bytes,
             max_header_bytes: args.max_header_bytes,
@@ -116,6 +126,11 @@ impl Settings {
             dev_secret,
         })
     }
+}
+
+/// A duration flag as milliseconds; 0 = `None` (no limit).
+fn millis(duration: Duration) -> Option<Millis> {
+    (!duration.is_zero()).then(|| Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX))
 }
 
 /// 32 random bytes as 64 hex characters (usable as a secret on the command line too).
@@ -187,7 +202,10 @@ mod tests {
         let s = settings(&["--jwt-secret", "0123456789abcdef0123456789abcdef"]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.store.to_string(), "sqlite://./data/session-context.db");
-        assert_eq!(s.anonymous_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(s.policy, Policy::default(), "anonymous sessions idle out after 1h");
+        assert_eq!(s.policy.lifetime.anonymous_max_age, None);
+        assert_eq!(s.policy.lifetime.customer_ttl, None);
+        assert!(!s.policy.create_on_first_use);
         assert_eq!(s.max_body_bytes, 65_536);
         assert_eq!(s.max_inflight_body_bytes, 64 * 1024 * 1024);
         assert_eq!(s.max_header_bytes, 16 * 1024);
@@ -196,6 +214,27 @@ mod tests {
         assert_eq!(s.dev_secret, None);
         assert_eq!(s.cors_origins, CorsOrigins::Off);
         let never = settings(&["--jwt-secret", "x", "--anonymous-ttl", "0"]).unwrap();
-        assert_eq!(never.anonymous_ttl, None);
+        assert_eq!(never.policy.lifetime.anonymous_ttl, None);
+        let journey = settings(&[
+            "--jwt-secret",
+            "x",
+            "--anonymous-ttl",
+            "3s",
+            "--anonymous-max-age",
+            "1d",
+            "--customer-ttl",
+            "30d",
+            "--create-on-first-use",
+        ])
+        .unwrap();
+        assert_eq!(
+            journey.policy.lifetime,
+            Lifetime {
+                anonymous_ttl: Some(3_000),
+                anonymous_max_age: Some(86_400_000),
+                customer_ttl: Some(30 * 86_400_000),
+            }
+        );
+        assert!(journey.policy.create_on_first_use);
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::clock::{Clock, Millis};
-use crate::domain::{PatchRequest, PutRequest, SessionContext, rules};
+use crate::clock::{Clock, Millis, parse_rfc3339};
+use crate::domain::lifetime::{Lifetime, MeAccess, me_access};
+use crate::domain::{PatchRequest, PutRequest, SessionContext, TextField, rules};
 use crate::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
 
 /// How many times a change is retried after losing a race before the caller is told to retry.
@@ -37,13 +38,41 @@ pub enum SaasToken {
     Customer(String),
 }
 
-/// Who is changing a session.
+/// A storefront caller, as its token says: its customer (`None` for an anonymous token), when
+/// the token was issued (for login adoption), and the field values its claims carry (for a
+/// session created on first use; already checked against the input rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shopper {
+    pub customer: Option<String>,
+    pub issued_at: Option<Millis>,
+    pub defaults: Vec<(TextField, String)>,
+}
+
+/// Who is using a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// A management token: any session of its tenant.
     Management,
-    /// A customer or anonymous token: its own session only; `customer` is `None` for anonymous.
-    Me { customer: Option<String> },
+    /// A customer or anonymous token: its own session only.
+    Me(Shopper),
+}
+
+/// How sessions live and what a storefront's first use does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub lifetime: Lifetime,
+    /// A `/me` request (5–8) for a missing session creates it first.
+    pub create_on_first_use: bool,
+}
+
+impl Default for Policy {
+    /// The command line's defaults: anonymous sessions idle out after an hour.
+    fn default() -> Self {
+        Policy {
+            lifetime: Lifetime::anonymous(Some(3_600_000)),
+            create_on_first_use: false,
+        }
+    }
 }
 
 /// How a change ended.
@@ -67,6 +96,10 @@ pub enum ServiceError {
     SaasForbidden,
     #[error("the session belongs to another customer")]
     NotYourSession,
+    #[error("the anonymous session was created after the customer's login")]
+    CreatedAfterLogin,
+    #[error("metadata.version is required to update a session")]
+    VersionRequired,
     #[error("too many concurrent changes")]
     Contention,
     #[error(transparent)]
@@ -78,13 +111,12 @@ pub enum ServiceError {
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
-    /// Lifetime of anonymous sessions in ms; `None` = never expire.
-    ttl: Option<Millis>,
+    policy: Policy,
 }
 
 impl Sessions {
-    pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, ttl: Option<Millis>) -> Self {
-        Sessions { store, clock, ttl }
+    pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, policy: Policy) -> Self {
+        Sessions { store, clock, policy }
     }
 
     /// The store behind the use cases (for health checks and sweeping).
@@ -97,17 +129,55 @@ impl Sessions {
         self.clock.now()
     }
 
-    /// A session as stored (its JSON and version), checked for the caller's access.
+    /// A session as stored (its JSON and version), checked for the caller's access. A read is
+    /// a use: it extends the session's idle timeout when less than half of it is left.
     pub async fn get(&self, key: &SessionKey, caller: &Caller) -> Result<StoredSession, ServiceError> {
-        let record = self.store.load(key, self.now()).await?.ok_or(ServiceError::NotFound)?;
-        if let Caller::Me { customer } = caller {
-            // Only the owner is needed: read just `customerId`, not the whole document.
-            let owner: Owner = serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if !rules::me_may_access(owner.customer_id.as_deref(), customer.as_deref()) {
-                return Err(ServiceError::NotYourSession);
+        for attempt in 0..MAX_ATTEMPTS {
+            let now = self.now();
+            let record = self.store.load(key, now).await?;
+            if let Caller::Me(shopper) = caller {
+                let current = record.as_ref().map(decode).transpose()?;
+                match self
+                    .first_use(key, current.as_ref(), record.as_ref(), shopper, now)
+                    .await?
+                {
+                    Step::Proceed => {}
+                    // The read answers with what the adoption or creation wrote, at once: a
+                    // login is one step, not an adoption and then a later read.
+                    Step::Wrote(Some(written)) => return Ok(written),
+                    Step::Wrote(None) => {
+                        back_off(attempt).await;
+                        continue;
+                    }
+                }
+            }
+            let record = record.ok_or(ServiceError::NotFound)?;
+            self.extend_if_due(key, &record, now).await;
+            return Ok(record);
+        }
+        Err(ServiceError::Contention)
+    }
+
+    /// `DELETE /me/context`: ends the caller's own session (a customer's only with its token).
+    pub async fn delete_own(&self, key: &SessionKey, shopper: &Shopper) -> Result<(), ServiceError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let now = self.now();
+            let record = self.store.load(key, now).await?.ok_or(ServiceError::NotFound)?;
+            let owner = Owner::of(&record)?;
+            let access = me_access(
+                owner.customer.as_deref(),
+                owner.created_at,
+                shopper.customer.as_deref(),
+                shopper.issued_at,
+            );
+            refuse(access)?;
+            match self.store.delete(key, record.revision(), now).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict) => back_off(attempt).await,
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(record)
+        Err(ServiceError::Contention)
     }
 
     /// `PUT /context/{sessionId}`.
@@ -115,11 +185,11 @@ impl Sessions {
         &self,
         key: &SessionKey,
         req: &PutRequest,
-        expected: Expected,
+        expected: Option<Expected>,
         upsert: bool,
         saas: &SaasToken,
     ) -> Result<Outcome, ServiceError> {
-        self.change(key, |current, now| {
+        self.change(key, None, |current, now| {
             match &current {
                 Some(stored) => check_expected(stored, expected)?,
                 None if !upsert => return Err(ServiceError::NotFound),
@@ -137,19 +207,15 @@ impl Sessions {
     pub async fn patch(
         &self,
         key: &SessionKey,
-        customer: Option<&str>,
+        shopper: &Shopper,
         req: &PatchRequest,
-        expected: Expected,
+        expected: Option<Expected>,
         upsert: bool,
     ) -> Result<Outcome, ServiceError> {
-        self.change(key, |current, now| {
+        let customer = shopper.customer.as_deref();
+        self.change(key, Some(shopper), |current, now| {
             match &current {
-                Some(stored) => {
-                    if !rules::me_may_access(stored.customer_id.as_deref(), customer) {
-                        return Err(ServiceError::NotYourSession);
-                    }
-                    check_expected(stored, expected)?;
-                }
+                Some(stored) => check_expected(stored, expected)?,
                 None if !upsert => return Err(ServiceError::NotFound),
                 None => {}
             }
@@ -166,8 +232,8 @@ impl Sessions {
         name: &str,
         value: &Value,
     ) -> Result<Outcome, ServiceError> {
-        self.change(key, |current, now| {
-            let stored = existing(current, caller)?;
+        self.change(key, shopper(caller), |current, now| {
+            let stored = current.ok_or(ServiceError::NotFound)?;
             Ok(Some(rules::set_attribute(stored, name, value, now)))
         })
         .await
@@ -180,8 +246,8 @@ impl Sessions {
         caller: &Caller,
         name: &str,
     ) -> Result<Outcome, ServiceError> {
-        self.change(key, |current, now| {
-            let stored = existing(current, caller)?;
+        self.change(key, shopper(caller), |current, now| {
+            let stored = current.ok_or(ServiceError::NotFound)?;
             Ok(rules::remove_attribute(stored, name, now))
         })
         .await
@@ -195,8 +261,7 @@ impl Sessions {
         for attempt in 0..MAX_ATTEMPTS {
             let now = self.now();
             let record = self.store.load(key, now).await?.ok_or(ServiceError::NotFound)?;
-            let owner: Owner = serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if let Some(customer) = owner.customer_id.as_deref() {
+            if let Some(customer) = Owner::of(&record)?.customer.as_deref() {
                 check_saas(saas, customer)?;
             }
             match self.store.delete(key, record.revision(), now).await {
@@ -221,8 +286,15 @@ impl Sessions {
     }
 
     /// The optimistic loop shared by every change. `decide` gets the stored session (if any)
-    /// and returns the next one, or `None` when nothing is to change.
-    async fn change<F>(&self, key: &SessionKey, mut decide: F) -> Result<Outcome, ServiceError>
+    /// and returns the next one, or `None` when nothing is to change. For a `/me` caller
+    /// (`shopper`), a login adopts the session and a first use creates it before `decide` runs,
+    /// each as a write of its own.
+    async fn change<F>(
+        &self,
+        key: &SessionKey,
+        shopper: Option<&Shopper>,
+        mut decide: F,
+    ) -> Result<Outcome, ServiceError>
     where
         F: FnMut(Option<SessionContext>, Millis) -> Result<Option<SessionContext>, ServiceError>,
     {
@@ -230,7 +302,20 @@ impl Sessions {
             let now = self.now();
             let record = self.store.load(key, now).await?;
             let current = record.as_ref().map(decode).transpose()?;
+            if let Some(shopper) = shopper
+                && let Step::Wrote(written) = self
+                    .first_use(key, current.as_ref(), record.as_ref(), shopper, now)
+                    .await?
+            {
+                if written.is_none() {
+                    back_off(attempt).await;
+                }
+                continue;
+            }
             let Some(next) = decide(current, now)? else {
+                if let Some(record) = &record {
+                    self.extend_if_due(key, record, now).await;
+                }
                 return Ok(Outcome::Unchanged);
             };
             let (expect, generation) = match &record {
@@ -238,13 +323,11 @@ impl Sessions {
                 None => (Expect::Absent, StoredSession::new_generation()?),
             };
             let version = next.metadata.version;
-            let stored = StoredSession {
-                version,
-                generation,
-                expires_at: next.expires_at(self.ttl),
-                doc: serde_json::to_string(&next).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            };
-            match self.store.write(key, expect, &stored, now).await {
+            match self
+                .store
+                .write(key, expect, &self.record(&next, generation, now)?, now)
+                .await
+            {
                 Ok(()) if record.is_none() => return Ok(Outcome::Created { version }),
                 Ok(()) => return Ok(Outcome::Updated { version }),
                 Err(StoreError::Conflict) => back_off(attempt).await,
@@ -252,6 +335,107 @@ impl Sessions {
             }
         }
         Err(ServiceError::Contention)
+    }
+
+    /// What a `/me` caller's request does before its own change: nothing (`Proceed`), or a
+    /// write of its own (`Wrote`, with the record written, or `None` when it lost a race; the
+    /// caller loads again): a login adopting an anonymous session made before it, or, with
+    /// `create_on_first_use`, creating a missing session.
+    async fn first_use(
+        &self,
+        key: &SessionKey,
+        current: Option<&SessionContext>,
+        record: Option<&StoredSession>,
+        shopper: &Shopper,
+        now: Millis,
+    ) -> Result<Step, ServiceError> {
+        let (next, expect, generation) = match (current, record) {
+            (Some(stored), Some(record)) => {
+                let access = me_access(
+                    stored.customer_id.as_deref(),
+                    stored.metadata.created_at,
+                    shopper.customer.as_deref(),
+                    shopper.issued_at,
+                );
+                if refuse(access)? == MeAccess::Allowed {
+                    return Ok(Step::Proceed);
+                }
+                let customer = shopper.customer.as_deref().unwrap_or_default();
+                let adopted = rules::adopt(stored.clone(), customer, now);
+                (adopted, Expect::unchanged(record), record.generation)
+            }
+            _ if self.policy.create_on_first_use => {
+                let created =
+                    rules::create_for_shopper(&key.session_id, shopper.customer.as_deref(), &shopper.defaults, now);
+                (created, Expect::Absent, StoredSession::new_generation()?)
+            }
+            _ => return Ok(Step::Proceed),
+        };
+        let record = self.record(&next, generation, now)?;
+        match self.store.write(key, expect, &record, now).await {
+            Ok(()) => Ok(Step::Wrote(Some(record))),
+            Err(StoreError::Conflict) => Ok(Step::Wrote(None)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The record that stores `session`, used at `now`.
+    fn record(&self, session: &SessionContext, generation: i64, now: Millis) -> Result<StoredSession, ServiceError> {
+        Ok(StoredSession {
+            version: session.metadata.version,
+            generation,
+            expires_at: self.policy.lifetime.expires_at(
+                session.customer_id.is_some(),
+                session.metadata.created_at,
+                now,
+            ),
+            doc: serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        })
+    }
+
+    /// A use that changed nothing still counts: move the expiry when less than half of the
+    /// idle timeout is left. Not a change (version, document and ETag stay); a record changed
+    /// meanwhile got a fresh expiry from that change, so losing a race here is fine, and so is
+    /// a store that cannot extend right now (the use itself succeeded).
+    async fn extend_if_due(&self, key: &SessionKey, record: &StoredSession, now: Millis) {
+        let lifetime = &self.policy.lifetime;
+        let (Some(current), Some(longest)) = (record.expires_at, lifetime.longest_idle()) else {
+            return;
+        };
+        if current.saturating_sub(now).saturating_mul(2) >= longest {
+            return; // far from due, whoever owns it: no need to look inside
+        }
+        let Ok(owner) = Owner::of(record) else { return };
+        let Some(next) = lifetime.extension(owner.customer.is_some(), owner.created_at, current, now) else {
+            return;
+        };
+        match self.store.extend(key, record.revision(), Some(next), now).await {
+            Ok(()) | Err(StoreError::Conflict) => {}
+            Err(e) => tracing::debug!(error = %e, "extending a session's expiry failed"),
+        }
+    }
+}
+
+/// What `Sessions::first_use` did.
+enum Step {
+    Proceed,
+    /// A write of its own: the record written, or `None` when another writer came first.
+    Wrote(Option<StoredSession>),
+}
+
+fn shopper(caller: &Caller) -> Option<&Shopper> {
+    match caller {
+        Caller::Management => None,
+        Caller::Me(shopper) => Some(shopper),
+    }
+}
+
+/// The access a `/me` caller has, or the refusal.
+fn refuse(access: MeAccess) -> Result<MeAccess, ServiceError> {
+    match access {
+        MeAccess::Forbidden => Err(ServiceError::NotYourSession),
+        MeAccess::CreatedAfterLogin => Err(ServiceError::CreatedAfterLogin),
+        other => Ok(other),
     }
 }
 
@@ -264,25 +448,39 @@ async fn back_off(attempt: usize) {
     }
 }
 
-/// The one field of a stored document that `/me` reads need.
-#[derive(serde::Deserialize)]
-struct Owner<'a> {
-    #[serde(rename = "customerId", borrow, default)]
-    customer_id: Option<std::borrow::Cow<'a, str>>,
+/// Who owns a stored session and when it was made: what access checks and expiry need, read
+/// without decoding the whole document.
+struct Owner {
+    customer: Option<String>,
+    created_at: Millis,
+}
+
+impl Owner {
+    fn of(record: &StoredSession) -> Result<Owner, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "customerId", borrow, default)]
+            customer_id: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            metadata: HeadMetadata<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct HeadMetadata<'a> {
+            #[serde(rename = "createdAt", borrow)]
+            created_at: std::borrow::Cow<'a, str>,
+        }
+        let head: Head = serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let created_at = parse_rfc3339(&head.metadata.created_at)
+            .ok_or_else(|| StoreError::Corrupt("createdAt is not a timestamp".into()))?;
+        Ok(Owner {
+            customer: head.customer_id.map(std::borrow::Cow::into_owned),
+            created_at,
+        })
+    }
 }
 
 fn decode(record: &StoredSession) -> Result<SessionContext, ServiceError> {
     serde_json::from_str(&record.doc).map_err(|e| StoreError::Corrupt(e.to_string()).into())
-}
-
-fn existing(current: Option<SessionContext>, caller: &Caller) -> Result<SessionContext, ServiceError> {
-    let stored = current.ok_or(ServiceError::NotFound)?;
-    match caller {
-        Caller::Me { customer } if !rules::me_may_access(stored.customer_id.as_deref(), customer.as_deref()) => {
-            Err(ServiceError::NotYourSession)
-        }
-        _ => Ok(stored),
-    }
 }
 
 /// Whether `saas` speaks for `customer`: 401 when it is missing or invalid, 403 when it is
@@ -295,7 +493,8 @@ fn check_saas(saas: &SaasToken, customer: &str) -> Result<(), ServiceError> {
     }
 }
 
-fn check_expected(stored: &SessionContext, expected: Expected) -> Result<(), ServiceError> {
+fn check_expected(stored: &SessionContext, expected: Option<Expected>) -> Result<(), ServiceError> {
+    let expected = expected.ok_or(ServiceError::VersionRequired)?;
     let version = match expected {
         Expected::Any => return Ok(()),
         Expected::Body(v) | Expected::IfMatch(v) => v,

@@ -29,10 +29,7 @@ pub async fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<A
     let store = store::open(&settings.store)
         .await
         .map_err(|e| format!("cannot open the store {}: {e}", settings.store))?;
-    let ttl = settings
-        .anonymous_ttl
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let sessions = Sessions::new(store, clock, ttl);
+    let sessions = Sessions::new(store, clock, settings.policy);
     Ok(AppState::new(
         sessions,
         Arc::new(verifier),

@@ -1,7 +1,9 @@
 //! Model-based testing: random sequences of operations (PUT, attribute set and remove, delete,
-//! the clock moving past the lifetime of anonymous sessions) applied to the real use cases on
-//! every store and to a tiny model of the contract written independently here. After every
-//! step the answers and the stored sessions must agree.
+//! a login that adopts an anonymous session, the clock moving past the idle timeout and the
+//! absolute cap of anonymous sessions) applied to the real use cases on every store and to a
+//! tiny model of the contract written independently here. After every step the answers and the
+//! stored sessions must agree; the reads that check them are uses too, and extend expiry in the
+//! model as in the service.
 
 mod common;
 
@@ -13,11 +15,13 @@ use common::{Backend, START, open_store};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use session_context::clock::ManualClock;
-use session_context::domain::{FieldChange, PutRequest, TextField};
-use session_context::service::{Caller, Expected, Outcome, SaasToken, ServiceError, Sessions};
+use session_context::domain::{FieldChange, Lifetime, PutRequest, TextField};
+use session_context::service::{Caller, Expected, Outcome, Policy, SaasToken, ServiceError, Sessions, Shopper};
 use session_context::store::SessionKey;
 
 const TTL_MS: i64 = 60 * 60 * 1000;
+/// The absolute cap of anonymous sessions (`--anonymous-max-age`).
+const MAX_AGE_MS: i64 = 150 * 60 * 1000;
 const IDS: [&str; 2] = ["a", "b"];
 const KEYS: [&str; 2] = ["k1", "k2"];
 
@@ -42,6 +46,10 @@ enum Op {
     Delete {
         id: usize,
     },
+    /// `GET /me/context` with a customer token for C1: adopts an anonymous session.
+    Login {
+        id: usize,
+    },
     Advance {
         minutes: u64,
     },
@@ -62,6 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..2usize, 0..2usize, 0..100i64).prop_map(|(id, key, value)| Op::SetAttribute { id, key, value }),
         2 => (0..2usize, 0..2usize).prop_map(|(id, key)| Op::RemoveAttribute { id, key }),
         1 => (0..2usize).prop_map(|id| Op::Delete { id }),
+        1 => (0..2usize).prop_map(|id| Op::Login { id }),
         1 => prop::sample::select(vec![1u64, 30, 61]).prop_map(|minutes| Op::Advance { minutes }),
     ]
 }
@@ -73,7 +82,33 @@ struct Model {
     currency: Option<String>,
     customer: Option<String>,
     context: BTreeMap<String, Value>,
-    modified_at: i64,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+impl Model {
+    /// A change at `t`: the expiry starts over (within the cap; customers never expire).
+    fn changed(&mut self, t: i64) {
+        self.version += 1;
+        self.expires_at = self.expiry(t);
+    }
+
+    fn expiry(&self, t: i64) -> Option<i64> {
+        self.customer
+            .is_none()
+            .then(|| (t + TTL_MS).min(self.created_at + MAX_AGE_MS))
+    }
+
+    /// A use at `t` that changes nothing: the expiry moves on only when less than half of the
+    /// idle timeout is left, and only forwards.
+    fn used(&mut self, t: i64) {
+        if let (Some(current), Some(next)) = (self.expires_at, self.expiry(t))
+            && (current - t) * 2 < TTL_MS
+            && next > current
+        {
+            self.expires_at = Some(next);
+        }
+    }
 }
 
 /// What an operation answered, reduced to what the contract specifies.
@@ -84,6 +119,7 @@ enum Answer {
     Unchanged,
     NotFound,
     Conflict(u64),
+    Read(u64),
 }
 
 fn answer(result: Result<Outcome, ServiceError>) -> Answer {
@@ -98,9 +134,7 @@ fn answer(result: Result<Outcome, ServiceError>) -> Answer {
 }
 
 fn live(model: &HashMap<usize, Model>, id: usize, now: i64) -> Option<&Model> {
-    model
-        .get(&id)
-        .filter(|m| m.customer.is_some() || m.modified_at + TTL_MS > now)
+    model.get(&id).filter(|m| m.expires_at.is_none_or(|at| at > now))
 }
 
 fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> Answer {
@@ -122,7 +156,6 @@ fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> 
                 (Some(m), _) if *stale => return Answer::Conflict(m.version),
                 (Some(mut m), _) => {
                     m.version += 1;
-                    m.modified_at = t;
                     m
                 }
                 (None, false) => return Answer::NotFound,
@@ -131,7 +164,8 @@ fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> 
                     currency: None,
                     customer: None,
                     context: BTreeMap::new(),
-                    modified_at: t,
+                    created_at: t,
+                    expires_at: None,
                 },
             };
             if let Some(c) = currency {
@@ -140,6 +174,7 @@ fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> 
             if let Some(c) = customer {
                 next.customer = c.map(str::to_owned);
             }
+            next.expires_at = next.expiry(t);
             let created = next.version == 1;
             let version = next.version;
             model.insert(*id, next);
@@ -154,8 +189,7 @@ fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> 
                 return Answer::NotFound;
             };
             m.context.insert(KEYS[*key].into(), json!(value));
-            m.version += 1;
-            m.modified_at = t;
+            m.changed(t);
             let version = m.version;
             model.insert(*id, m);
             Answer::Updated(version)
@@ -165,10 +199,11 @@ fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> 
                 return Answer::NotFound;
             };
             if m.context.remove(KEYS[*key]).is_none() {
+                m.used(t);
+                model.insert(*id, m);
                 return Answer::Unchanged;
             }
-            m.version += 1;
-            m.modified_at = t;
+            m.changed(t);
             let version = m.version;
             model.insert(*id, m);
             Answer::Updated(version)
@@ -179,6 +214,18 @@ fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> 
             }
             model.remove(id);
             Answer::Unchanged
+        }
+        Op::Login { id } => {
+            let Some(mut m) = live(model, *id, t).cloned() else {
+                return Answer::NotFound;
+            };
+            if m.customer.is_none() {
+                m.customer = Some("C1".into());
+                m.changed(t);
+            }
+            let version = m.version;
+            model.insert(*id, m);
+            Answer::Read(version)
         }
     }
 }
@@ -219,7 +266,7 @@ async fn apply_to_service(
             let saas = SaasToken::Customer("C1".into());
             answer(
                 sessions
-                    .put(&key(*id), &req, Expected::Body(expected), *upsert, &saas)
+                    .put(&key(*id), &req, Some(Expected::Body(expected)), *upsert, &saas)
                     .await,
             )
         }
@@ -237,12 +284,27 @@ async fn apply_to_service(
             Ok(()) => Answer::Unchanged,
             Err(e) => answer(Err(e)),
         },
+        Op::Login { id } => {
+            let shopper = Shopper {
+                customer: Some("C1".into()),
+                issued_at: Some(i64::MAX / 2),
+                defaults: vec![],
+            };
+            match sessions.get(&key(*id), &Caller::Me(shopper)).await {
+                Ok(record) => Answer::Read(record.version),
+                Err(e) => answer(Err(e)),
+            }
+        }
     }
 }
 
-async fn check_state(sessions: &Sessions, model: &HashMap<usize, Model>, now: i64) {
+/// Reads every session (each read is a use, and may extend its expiry, in the model too).
+async fn check_state(sessions: &Sessions, model: &mut HashMap<usize, Model>, now: i64) {
     for (id, name) in IDS.iter().enumerate() {
         let stored = sessions.get(&SessionKey::new("shop", *name), &Caller::Management).await;
+        if live(model, id, now).is_some() {
+            model.get_mut(&id).expect("live").used(now);
+        }
         match (live(model, id, now), stored) {
             (None, Err(ServiceError::NotFound)) => {}
             (Some(m), Ok(record)) => {
@@ -268,14 +330,22 @@ fn run_sequence(backend: Backend, ops: &[Op]) {
     runtime.block_on(async {
         let (store, _dir) = open_store(backend).await;
         let clock = Arc::new(ManualClock::new(START));
-        let sessions = Sessions::new(store, clock.clone(), Some(TTL_MS));
+        let policy = Policy {
+            lifetime: Lifetime {
+                anonymous_ttl: Some(TTL_MS),
+                anonymous_max_age: Some(MAX_AGE_MS),
+                customer_ttl: None,
+            },
+            create_on_first_use: false,
+        };
+        let sessions = Sessions::new(store, clock.clone(), policy);
         let mut model = HashMap::new();
         let mut now = START;
         for (step, op) in ops.iter().enumerate() {
             let got = apply_to_service(&sessions, &clock, &model, op, now).await;
             let expected = apply_to_model(&mut model, op, &mut now);
             assert_eq!(got, expected, "step {step}: {op:?}");
-            check_state(&sessions, &model, now).await;
+            check_state(&sessions, &mut model, now).await;
         }
     });
 }

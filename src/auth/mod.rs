@@ -12,6 +12,7 @@ use quick_cache::sync::Cache;
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, Millis, SystemClock};
+use crate::domain::TextField;
 
 pub use keys::{KeySet, KeySource, MIN_SECRET_BYTES};
 
@@ -59,6 +60,11 @@ pub struct AccessClaims {
     pub session_id: Option<String>,
     /// The customer claim, else `sub`; `None` for anonymous tokens.
     pub customer_id: Option<String>,
+    /// When the token was issued (`iat`), in ms since the epoch.
+    pub issued_at: Option<Millis>,
+    /// The `siteCode`, `currency`, `language` and `targetLocation` claims, as sent (a session
+    /// created on first use starts with the valid ones).
+    pub session_defaults: Vec<(TextField, String)>,
 }
 
 impl AccessClaims {
@@ -160,6 +166,11 @@ impl Verifier {
             scopes,
             session_id: string_claim(claims, &names.session_id),
             customer_id: string_claim(claims, &names.customer_id).or_else(|| string_claim(claims, "sub")),
+            issued_at: claims.get("iat").and_then(numeric_date_millis),
+            session_defaults: TextField::PATCHABLE
+                .into_iter()
+                .filter_map(|field| string_claim(claims, field.json_name()).map(|value| (field, value)))
+                .collect(),
         }
     }
 

@@ -3,11 +3,13 @@
 //! what these functions produce.
 
 pub mod json;
+pub mod lifetime;
 pub mod request;
 pub mod rules;
 pub mod session;
 pub mod validate;
 
+pub use lifetime::{Lifetime, MeAccess};
 pub use request::{ContextPatch, FieldChange, PatchRequest, PutRequest};
 pub use rules::VersionMismatch;
 pub use session::{Metadata, SessionContext, TextField};

@@ -1,4 +1,5 @@
-//! The session context resource: its fields, its JSON form, and when it expires.
+//! The session context resource: its fields and its JSON form (when it expires is
+//! `domain::lifetime`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -121,15 +122,6 @@ impl SessionContext {
         }
     }
 
-    /// When this session expires: anonymous sessions `ttl` after their last change,
-    /// customer sessions never; `ttl` of `None` means never.
-    pub fn expires_at(&self, ttl: Option<Millis>) -> Option<Millis> {
-        match (&self.customer_id, ttl) {
-            (None, Some(ttl)) => Some(self.metadata.modified_at.saturating_add(ttl)),
-            _ => None,
-        }
-    }
-
     /// Records a change made at `now`: the version grows by one and `modifiedAt` moves.
     pub fn touch(&mut self, now: Millis) {
         self.metadata.version += 1;
@@ -174,15 +166,6 @@ mod tests {
         );
         let back: SessionContext = serde_json::from_value(json).unwrap();
         assert_eq!(back, session);
-    }
-
-    #[test]
-    fn only_anonymous_sessions_expire() {
-        let mut session = SessionContext::new("s1", 1_000);
-        assert_eq!(session.expires_at(Some(500)), Some(1_500));
-        assert_eq!(session.expires_at(None), None);
-        session.customer_id = Some("C1".into());
-        assert_eq!(session.expires_at(Some(500)), None);
     }
 
     #[test]

@@ -114,7 +114,10 @@ pub fn text_field(field: TextField, value: &str) -> Result<(), FieldError> {
             value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()),
             "targetLocation must be two capital letters (DE)",
         ),
-        TextField::Language => (is_language_tag(value), "language must be a BCP-47 tag (de, en-US)"),
+        TextField::Language => (
+            is_language_tag(value),
+            "language must be a BCP-47 tag (de, en-US) or its underscore form (de_DE)",
+        ),
         // A customer owns its session: an empty customer id would be a customer nobody is.
         TextField::CustomerId => (
             (1..=MAX_TEXT_CHARS).contains(&value.chars().count()),
@@ -126,13 +129,21 @@ pub fn text_field(field: TextField, value: &str) -> Result<(), FieldError> {
         .ok_or_else(|| FieldError::new(name, "invalid_format", rule))
 }
 
+/// The language rule as the OpenAPI document states it (`is_language_tag` is the same rule in
+/// code; a test holds the two equal).
+pub const LANGUAGE_PATTERN: &str = "^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$";
+
+/// The longest language tag.
+pub const MAX_LANGUAGE_CHARS: usize = 35;
+
 /// A BCP-47 tag in the contract's sense: letters, digits and hyphens, at most 35 characters,
-/// a primary subtag of 2 to 8 letters and subtags of 1 to 8 characters.
+/// a primary subtag of 2 to 8 letters and subtags of 1 to 8 characters. The underscore form
+/// that many commerce back ends use (`de_DE`, `en_US`) is accepted too and stored as sent.
 fn is_language_tag(value: &str) -> bool {
-    if value.is_empty() || value.len() > 35 {
+    if value.is_empty() || value.len() > MAX_LANGUAGE_CHARS {
         return false;
     }
-    let mut parts = value.split('-');
+    let mut parts = value.split(['-', '_']);
     let primary_ok = parts
         .next()
         .is_some_and(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
@@ -251,10 +262,10 @@ mod tests {
         assert!(text_field(TextField::Currency, "EURO").is_err());
         assert!(text_field(TextField::TargetLocation, "DE").is_ok());
         assert!(text_field(TextField::TargetLocation, "DEU").is_err());
-        for ok in ["de", "DE", "en-US", "zh-Hant-TW", "sr-Latn-RS"] {
+        for ok in ["de", "DE", "en-US", "zh-Hant-TW", "sr-Latn-RS", "de_DE", "en_US"] {
             assert!(text_field(TextField::Language, ok).is_ok(), "{ok}");
         }
-        for bad in ["", "d", "en_US", "en-", "-en", "de DE", &"a".repeat(36)] {
+        for bad in ["", "d", "en_", "_en", "en-", "-en", "de DE", "de__DE", &"a".repeat(36)] {
             assert!(text_field(TextField::Language, bad).is_err(), "{bad}");
         }
         assert!(text_field(TextField::CustomerId, "").is_err(), "a customer needs an id");

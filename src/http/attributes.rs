@@ -86,9 +86,7 @@ pub async fn post_me_attribute(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(me.tenant, &me.session_id);
-    let caller = Caller::Me {
-        customer: me.customer_id,
-    };
+    let caller = Caller::Me(me.shopper);
     let (name, outcome) = set(&state, &key, &caller, &body).await?;
     let mut response = (StatusCode::CREATED, Json(name)).into_response();
     if let Outcome::Created { version } | Outcome::Updated { version } = outcome {
@@ -116,9 +114,7 @@ pub async fn delete_me_attribute(
     AttributeNameParam(name): AttributeNameParam,
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(me.tenant, &me.session_id);
-    let caller = Caller::Me {
-        customer: me.customer_id,
-    };
+    let caller = Caller::Me(me.shopper);
     remove(&state, &key, &caller, &name).await
 }
 

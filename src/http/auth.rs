@@ -14,6 +14,7 @@ use super::error::{ApiError, ErrorKind};
 use super::extract::path_param;
 use crate::auth::AccessClaims;
 use crate::domain::validate;
+use crate::service::Shopper;
 
 /// A caller with the management scope for `tenant`.
 #[derive(Debug, Clone)]
@@ -26,8 +27,9 @@ pub struct ManagementPrincipal {
 pub struct MePrincipal {
     pub tenant: String,
     pub session_id: String,
-    /// `None` for anonymous tokens.
-    pub customer_id: Option<String>,
+    /// Its customer (`None` for anonymous tokens), the token's `iat`, and the session field
+    /// values its claims carry that pass the input rules (invalid ones are left out).
+    pub shopper: Shopper,
 }
 
 impl FromRequestParts<AppState> for ManagementPrincipal {
@@ -52,10 +54,20 @@ impl FromRequestParts<AppState> for MePrincipal {
             .clone()
             .filter(|id| validate::session_id(id).is_ok())
             .ok_or_else(|| forbidden("The token carries no valid session id"))?;
+        let defaults = claims
+            .session_defaults
+            .iter()
+            .filter(|(field, value)| validate::text_field(*field, value).is_ok())
+            .cloned()
+            .collect();
         Ok(MePrincipal {
             tenant,
             session_id,
-            customer_id: claims.customer_id.clone(),
+            shopper: Shopper {
+                customer: claims.customer_id.clone(),
+                issued_at: claims.issued_at,
+                defaults,
+            },
         })
     }
 }

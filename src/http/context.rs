@@ -6,8 +6,8 @@ use axum::response::Response;
 
 use super::auth::ManagementPrincipal;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{IfMatch, JsonBody, Saas, SessionIdParam, Upsert, expected_version};
-use super::{AppState, change_response, no_content, session_response};
+use super::extract::{IfMatch, IfNoneMatch, JsonBody, Saas, SessionIdParam, Upsert, expected_version};
+use super::{AppState, change_response, no_content, read_response};
 use crate::domain::request;
 use crate::domain::session::SessionContext;
 use crate::service::Caller;
@@ -18,9 +18,15 @@ use crate::store::SessionKey;
     get,
     path = "/session-context/{tenant}/context/{sessionId}",
     tag = "Session management",
-    params(super::openapi::TenantPath, super::openapi::SessionIdPath),
+    params(
+        super::openapi::TenantPath, super::openapi::SessionIdPath,
+        ("If-None-Match" = Option<String>, Header, nullable = false,
+            description = "Entity tags (\"3\") or *: 304 without a body when the session's matches"),
+    ),
     responses(
         (status = 200, description = "The session context", body = SessionContext,
+            headers(("ETag" = String, description = "The version in quotes"))),
+        (status = 304, description = "Not modified: If-None-Match matched",
             headers(("ETag" = String, description = "The version in quotes"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
@@ -31,6 +37,7 @@ pub async fn get_context(
     State(state): State<AppState>,
     principal: ManagementPrincipal,
     SessionIdParam(id): SessionIdParam,
+    if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(principal.tenant, &id);
     let record = state
@@ -38,7 +45,7 @@ pub async fn get_context(
         .get(&key, &Caller::Management)
         .await
         .map_err(|e| ApiError::from(e).for_session(&id))?;
-    Ok(session_response(record))
+    Ok(read_response(record, &if_none_match))
 }
 
 /// Updates a session context, or creates it with `upsert=true`.
@@ -74,7 +81,7 @@ pub async fn put_context(
     let with_id = |e: ApiError| e.for_session(&id);
     let req =
         request::read_put(&body, &id).map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
-    let expected = expected_version(if_match, req.version).map_err(with_id)?;
+    let expected = expected_version(if_match, req.version);
     let key = SessionKey::new(principal.tenant, &id);
     let outcome = state
         .sessions

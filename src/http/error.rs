@@ -195,6 +195,16 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotYourSession => ErrorKind::Forbidden {
                 message: "The session belongs to another customer",
             },
+            ServiceError::CreatedAfterLogin => ErrorKind::Forbidden {
+                message: "The anonymous session was created after the customer's login; it is not adopted",
+            },
+            ServiceError::VersionRequired => {
+                return ApiError::invalid(FieldError::new(
+                    "metadata.version",
+                    "required",
+                    "metadata.version (or If-Match) is required to update an existing session",
+                ));
+            }
             ServiceError::Contention => {
                 tracing::warn!("gave up on a change after too many concurrent writers");
                 ErrorKind::Unavailable

@@ -113,16 +113,37 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
 }
 
 /// Which version a PUT or PATCH expects: `If-Match` if sent (it is the HTTP-level
-/// precondition, so it wins over the body), else `metadata.version`; one of the two is required.
-pub fn expected_version(if_match: Option<Expected>, body: Option<u64>) -> Result<Expected, ApiError> {
-    match (if_match, body) {
-        (Some(expected), _) => Ok(expected),
-        (None, Some(version)) => Ok(Expected::Body(version)),
-        (None, None) => Err(ApiError::invalid(FieldError::new(
-            "metadata.version",
-            "required",
-            "metadata.version is required",
-        ))),
+/// precondition, so it wins over the body), else `metadata.version`. Neither is needed to
+/// create a session with `upsert=true`; updating one without either is refused by the use case.
+pub fn expected_version(if_match: Option<Expected>, body: Option<u64>) -> Option<Expected> {
+    if_match.or(body.map(Expected::Body))
+}
+
+/// An `If-None-Match` header on a GET: the entity tags (`"3"`, `W/"3"`, a comma-separated
+/// list) or `*`. An unreadable header matches nothing, so the GET answers in full.
+pub struct IfNoneMatch(Option<String>);
+
+impl IfNoneMatch {
+    /// Whether a session at `version` matches, so that the GET answers 304.
+    pub fn matches(&self, version: u64) -> bool {
+        let Some(tags) = &self.0 else { return false };
+        let wanted = format!("\"{version}\"");
+        tags.split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == wanted)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let tags = parts
+            .headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(IfNoneMatch(tags))
     }
 }
 

@@ -1,13 +1,14 @@
 //! The storefront resource `/session-context/{tenant}/me/context`: the caller's own session,
-//! named by its token, read (5) and partially updated (6).
+//! named by its token, read (5), partially updated (6) and ended (10, the storefront's logout).
+//! The first of these with a customer token on an anonymous session adopts it (login).
 
 use axum::extract::State;
 use axum::response::Response;
 
 use super::auth::MePrincipal;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{IfMatch, JsonBody, Upsert, expected_version};
-use super::{AppState, change_response, session_response};
+use super::extract::{IfMatch, IfNoneMatch, JsonBody, Upsert, expected_version};
+use super::{AppState, change_response, no_content, read_response};
 use crate::domain::request;
 use crate::domain::session::SessionContext;
 use crate::service::Caller;
@@ -18,26 +19,57 @@ use crate::store::SessionKey;
     get,
     path = "/session-context/{tenant}/me/context",
     tag = "Own session management",
-    params(super::openapi::TenantPath),
+    params(
+        super::openapi::TenantPath,
+        ("If-None-Match" = Option<String>, Header, nullable = false,
+            description = "Entity tags (\"3\") or *: 304 without a body when the session's matches"),
+    ),
     responses(
         (status = 200, description = "The session context", body = SessionContext,
+            headers(("ETag" = String, description = "The version in quotes"))),
+        (status = 304, description = "Not modified: If-None-Match matched",
             headers(("ETag" = String, description = "The version in quotes"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
-pub async fn get_me(State(state): State<AppState>, me: MePrincipal) -> Result<Response, ApiError> {
+pub async fn get_me(
+    State(state): State<AppState>,
+    me: MePrincipal,
+    if_none_match: IfNoneMatch,
+) -> Result<Response, ApiError> {
     let key = SessionKey::new(me.tenant, &me.session_id);
-    let caller = Caller::Me {
-        customer: me.customer_id,
-    };
     let record = state
         .sessions
-        .get(&key, &caller)
+        .get(&key, &Caller::Me(me.shopper))
         .await
         .map_err(|e| ApiError::from(e).for_session(&me.session_id))?;
-    Ok(session_response(record))
+    Ok(read_response(record, &if_none_match))
+}
+
+/// Ends the caller's own session (an extension: the storefront's logout); a customer session
+/// only with that customer's token.
+#[utoipa::path(
+    delete,
+    path = "/session-context/{tenant}/me/context",
+    tag = "Own session management",
+    params(super::openapi::TenantPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_me(State(state): State<AppState>, me: MePrincipal) -> Result<Response, ApiError> {
+    let key = SessionKey::new(me.tenant, &me.session_id);
+    state
+        .sessions
+        .delete_own(&key, &me.shopper)
+        .await
+        .map_err(|e| ApiError::from(e).for_session(&me.session_id))?;
+    Ok(no_content())
 }
 
 /// Partially updates the caller's own session context, or creates it with `upsert=true`.
@@ -70,11 +102,11 @@ pub async fn patch_me(
     let id = me.session_id.clone();
     let with_id = |e: ApiError| e.for_session(&id);
     let req = request::read_patch(&body).map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
-    let expected = expected_version(if_match, req.version).map_err(with_id)?;
+    let expected = expected_version(if_match, req.version);
     let key = SessionKey::new(me.tenant, &me.session_id);
     let outcome = state
         .sessions
-        .patch(&key, me.customer_id.as_deref(), &req, expected, upsert)
+        .patch(&key, &me.shopper, &req, expected, upsert)
         .await
         .map_err(|e| with_id(e.into()))?;
     Ok(change_response(outcome))

@@ -64,7 +64,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(attributes::post_attribute))
         .routes(routes!(attributes::delete_attribute))
-        .routes(routes!(me::get_me, me::patch_me))
+        .routes(routes!(me::get_me, me::patch_me, me::delete_me))
         .routes(routes!(attributes::post_me_attribute))
         .routes(routes!(attributes::delete_me_attribute))
         .routes(routes!(ops::live))
@@ -154,6 +154,14 @@ pub fn session_response(record: StoredSession) -> Response {
         record.doc,
     )
         .into_response()
+}
+
+/// 200 with the session, or 304 with only its ETag when `If-None-Match` matched.
+pub fn read_response(record: StoredSession, if_none_match: &extract::IfNoneMatch) -> Response {
+    if if_none_match.matches(record.version) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(record.version))]).into_response();
+    }
+    session_response(record)
 }
 
 /// 201 for a created session, 204 for a changed or unchanged one; the ETag when it changed.

@@ -129,8 +129,8 @@ pub struct PutBody {
     /// Two capital letters.
     #[schema(pattern = "^[A-Z]{2}$")]
     pub target_location: Option<String>,
-    /// A BCP-47 language tag.
-    #[schema(pattern = "^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$", max_length = 35)]
+    /// A BCP-47 language tag, or its underscore form (`de_DE`).
+    #[schema(pattern = "^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$", max_length = 35)]
     pub language: Option<String>,
     #[schema(max_length = 256)]
     pub cart_id: Option<String>,
@@ -151,7 +151,8 @@ pub struct PatchBody {
     pub currency: Option<String>,
     #[schema(pattern = "^[A-Z]{2}$")]
     pub target_location: Option<String>,
-    #[schema(pattern = "^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$", max_length = 35)]
+    /// A BCP-47 language tag, or its underscore form (`de_DE`).
+    #[schema(pattern = "^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$", max_length = 35)]
     pub language: Option<String>,
     /// Merged key by key (JSON Merge Patch at the first level): `null` removes a key.
     #[schema(schema_with = context_schema)]
@@ -307,6 +308,17 @@ mod tests {
             "a\u{202E}b",
         ] {
             agree(name);
+        }
+    }
+
+    #[test]
+    fn the_document_states_the_language_rule_the_service_checks() {
+        let (_, doc) = super::super::api();
+        let doc: Value = serde_json::from_str(&doc.to_json().unwrap()).unwrap();
+        for name in ["PutBody", "PatchBody"] {
+            let language = &doc["components"]["schemas"][name]["properties"]["language"];
+            assert_eq!(language["pattern"], validate::LANGUAGE_PATTERN, "{name}");
+            assert_eq!(language["maxLength"], validate::MAX_LANGUAGE_CHARS, "{name}");
         }
     }
 

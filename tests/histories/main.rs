@@ -2,8 +2,9 @@
 //! (the real binary, two instances of it on the shared stores), and every operation is recorded
 //! with its call time, its return time and what it answered. Each session's history must then be
 //! linearizable against the contract's sequential model (`model.rs`): the version-checked PUTs
-//! and PATCHes, the unconditional attribute changes, deletes and reads all fit one order that
-//! respects real time. The run ends with a read of every session, so an acknowledged change
+//! and PATCHes, the unconditional attribute changes, deletes, reads (which may extend a
+//! session's expiry, never its version) and logins that adopt a session racing all of these
+//! fit one order that respects real time. The run ends with a read of every session, so an acknowledged change
 //! that was lost or overwritten shows up as a violation.
 //!
 //! Crash rounds kill one service process with SIGKILL while the clients run and restart it on
@@ -81,6 +82,15 @@ struct Answer {
     json: Value,
 }
 
+/// C1's saas-token as a service process without a saas key of its own verifies it.
+fn saas_for_processes() -> String {
+    sign(session_context::auth::mint::TokenSpec {
+        subject: Some("C1".into()),
+        ttl: Duration::from_secs(3600),
+        ..Default::default()
+    })
+}
+
 fn etag_version(value: Option<&str>) -> Option<u64> {
     value?.trim_matches('"').parse().ok()
 }
@@ -96,7 +106,19 @@ impl Target {
     ) -> Result<Option<Answer>, NotSent> {
         match self {
             Target::InProcess(app) => {
-                let reply = app.call(method, path, Some(token), body).await;
+                let mut request = axum::http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("saas-token", common::saas("C1"));
+                let body = match body {
+                    Some(body) => {
+                        request = request.header("content-type", "application/json");
+                        axum::body::Body::from(body.to_string())
+                    }
+                    None => axum::body::Body::empty(),
+                };
+                let reply = app.send(request.body(body).expect("a valid request")).await;
                 Ok(Some(Answer {
                     status: reply.status.as_u16(),
                     etag: etag_version(reply.header("etag")),
@@ -105,9 +127,11 @@ impl Target {
             }
             Target::Processes(bases, client) => {
                 let base = &bases[instance % bases.len()];
+                // The processes verify saas-tokens with the service's own key.
                 let mut request = client
                     .request(method, format!("{base}{path}"))
                     .bearer_auth(token)
+                    .header("saas-token", saas_for_processes())
                     .timeout(Duration::from_secs(20));
                 if let Some(body) = body {
                     request = request.json(&body);
@@ -172,17 +196,18 @@ fn context_of(json: &Value) -> Option<Context> {
 }
 
 /// Reads an answer as the model's output; anything the contract does not allow for the
-/// operation becomes `Unknown` and is counted as a failure of the run.
-/// `me` says the request went to `/me/context`, where a POST answers 201 and the name.
-fn interpret(input: &Input, me: bool, answer: Option<Answer>) -> Output {
+/// operation becomes `Unknown` and is counted as a failure of the run. Through `/me` a POST
+/// answers 201 and the name.
+fn interpret(input: &Input, answer: Option<Answer>) -> Output {
     let Some(answer) = answer else { return Output::Unknown };
     let version = answer.etag;
     match (input, answer.status, version) {
-        (Input::SetAttribute { key, .. }, 201, Some(v)) if me && answer.json == json!(key) => {
+        (Input::SetAttribute { key, me: true, .. }, 201, Some(v)) if answer.json == json!(key) => {
             Output::Updated { version: v }
         }
-        (Input::SetAttribute { .. }, 201 | 204, _) if me == (answer.status == 204) => Output::Unknown,
-        (Input::Get, 200, Some(v)) if answer.json["metadata"]["version"] == json!(v) => {
+        (Input::SetAttribute { me, .. }, 201 | 204, _) if *me == (answer.status == 204) => Output::Unknown,
+        (_, 403, _) if answer.json["type"] == json!("forbidden") => Output::Forbidden,
+        (Input::Get { .. } | Input::Login, 200, Some(v)) if answer.json["metadata"]["version"] == json!(v) => {
             match context_of(&answer.json) {
                 Some(context) => Output::Found { version: v, context },
                 None => Output::Unknown,
@@ -219,6 +244,7 @@ async fn client(
     let mut rng = Rng(seed | 1);
     let manager = manager();
     let anonymous: Vec<String> = ids.iter().map(|s| common::anonymous(s)).collect();
+    let customers: Vec<String> = ids.iter().map(|s| common::customer(s, "C1")).collect();
     // The version this client believes each session is at.
     let mut known = vec![1u64; ids.len()];
     let mut history = Vec::new();
@@ -245,8 +271,10 @@ async fn client(
         } else {
             (context_path(sid, ""), &manager)
         };
-        let (input, method, path, token, body) = if roll < 25 {
-            (Input::Get, Method::GET, via, token, None)
+        let (input, method, path, token, body) = if roll < 4 {
+            (Input::Login, Method::GET, me_path(""), &customers[s], None)
+        } else if roll < 25 {
+            (Input::Get { me }, Method::GET, via, token, None)
         } else if roll < 50 {
             let context: Context = KEYS
                 .iter()
@@ -300,7 +328,7 @@ async fn client(
         } else if roll < 85 {
             let body = json!({"key": key, "value": serde_json::from_str::<Value>(&value).unwrap()});
             (
-                Input::SetAttribute { key, value },
+                Input::SetAttribute { key, value, me },
                 Method::POST,
                 format!("{via}/attributes"),
                 token,
@@ -308,7 +336,7 @@ async fn client(
             )
         } else if roll < 95 {
             let path = format!("{via}/attributes/{key}");
-            (Input::RemoveAttribute { key }, Method::DELETE, path, token, None)
+            (Input::RemoveAttribute { key, me }, Method::DELETE, path, token, None)
         } else {
             (Input::Delete, Method::DELETE, context_path(sid, ""), &manager, None)
         };
@@ -323,7 +351,7 @@ async fn client(
             }
         };
         n += 1;
-        let output = interpret(&input, me, answer);
+        let output = interpret(&input, answer);
         let returned = match output {
             Output::Unknown => u64::MAX,
             _ => epoch.elapsed().as_nanos() as u64,
@@ -334,7 +362,7 @@ async fn client(
             }
             Output::Conflict { current } => known[s] = *current,
             Output::Missing | Output::Deleted => known[s] = 1,
-            Output::Unchanged | Output::Unknown => {}
+            Output::Unchanged | Output::Unknown | Output::Forbidden => {}
         }
         history.push((
             s,
@@ -379,11 +407,11 @@ async fn round(
         let answer = target
             .deliver(0, Method::GET, &context_path(sid, ""), &manager, None)
             .await;
-        let output = interpret(&Input::Get, false, answer);
+        let output = interpret(&Input::Get { me: false }, answer);
         let returned = epoch.elapsed().as_nanos() as u64;
         per_session[s].push(checker::Operation {
             client: clients,
-            input: Input::Get,
+            input: Input::Get { me: false },
             output,
             called,
             returned,
@@ -484,6 +512,7 @@ fn outcome_name(output: &Output) -> &'static str {
         Output::Unchanged => "unchanged",
         Output::Deleted => "deleted",
         Output::Conflict { .. } => "conflict",
+        Output::Forbidden => "forbidden",
         Output::Unknown => "unknown",
     }
 }

@@ -104,14 +104,27 @@ pub fn saas_customer<'a>(stored: Option<&'a SessionContext>, req: &'a PutRequest
     }
 }
 
-/// Whether a `/me` caller acting as `token_customer` may use a session owned by `owner` (its
-/// `customerId`): a customer session belongs to its customer alone; an anonymous session to
-/// whoever holds its session token.
-pub fn me_may_access(owner: Option<&str>, token_customer: Option<&str>) -> bool {
-    match owner {
-        None => true,
-        Some(owner) => token_customer == Some(owner),
+/// A login adopting an anonymous session: it becomes `customer`'s, as one change of its own.
+pub fn adopt(mut session: SessionContext, customer: &str, now: Millis) -> SessionContext {
+    session.customer_id = Some(customer.to_owned());
+    session.touch(now);
+    session
+}
+
+/// A session created on a storefront's first use (`--create-on-first-use`): the token's
+/// customer, and the field values its claims carry (already checked by the caller).
+pub fn create_for_shopper(
+    session_id: &str,
+    customer: Option<&str>,
+    defaults: &[(TextField, String)],
+    now: Millis,
+) -> SessionContext {
+    let mut created = SessionContext::new(session_id, now);
+    created.customer_id = customer.map(str::to_owned);
+    for (field, value) in defaults {
+        *created.text_mut(*field) = Some(value.clone());
     }
+    created
 }
 
 fn apply_field(session: &mut SessionContext, field: TextField, change: &FieldChange) {

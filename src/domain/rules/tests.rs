@@ -122,15 +122,27 @@ fn saas_customer_is_the_bodys_else_the_stored_one() {
 }
 
 #[test]
-fn me_access_belongs_to_the_sessions_customer() {
+fn adoption_makes_the_session_the_customers_as_one_change() {
     let anonymous = stored();
-    let mut owned = stored();
-    owned.customer_id = Some("C1".into());
-    assert!(me_may_access(anonymous.customer_id.as_deref(), None));
-    assert!(me_may_access(anonymous.customer_id.as_deref(), Some("C1")));
-    assert!(me_may_access(owned.customer_id.as_deref(), Some("C1")));
-    assert!(!me_may_access(owned.customer_id.as_deref(), Some("C2")));
-    assert!(!me_may_access(owned.customer_id.as_deref(), None));
+    let adopted = adopt(anonymous.clone(), "C1", 9_000_000_000_000);
+    assert_eq!(adopted.customer_id.as_deref(), Some("C1"));
+    assert_eq!(adopted.metadata.version, anonymous.metadata.version + 1);
+    assert_eq!(adopted.metadata.modified_at, 9_000_000_000_000);
+    assert_eq!(adopted.context, anonymous.context, "nothing else changes");
+}
+
+#[test]
+fn a_session_created_on_first_use_takes_the_token_defaults() {
+    let defaults = vec![
+        (TextField::Currency, "EUR".to_owned()),
+        (TextField::Language, "de_DE".to_owned()),
+    ];
+    let created = create_for_shopper("s1", Some("C1"), &defaults, 5_000);
+    assert_eq!(created.metadata.version, 1);
+    assert_eq!(created.customer_id.as_deref(), Some("C1"));
+    assert_eq!(created.currency.as_deref(), Some("EUR"));
+    assert_eq!(created.language.as_deref(), Some("de_DE"));
+    assert_eq!(created.site_code, None);
 }
 
 fn json_leaf() -> impl Strategy<Value = Value> {
