@@ -2,6 +2,8 @@
 //! backend, with a manual clock for expiry.
 
 mod common;
+#[path = "http_api/cors.rs"]
+mod cors;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};

@@ -146,6 +146,32 @@ impl TestApp {
 
     /// An app on a store the test built (for instance a wrapper that injects faults).
     pub fn on_store(store: Arc<dyn SessionStore>, dir: Option<tempfile::TempDir>, max_body_bytes: usize) -> Self {
+        let limits = http::RequestLimits {
+            max_body_bytes,
+            ..Default::default()
+        };
+        Self::on_store_with_limits(store, dir, limits)
+    }
+
+    /// An in-memory app that lets browsers on `origins` call it, as `--cors-origin` does.
+    pub fn with_cors(origins: &[&str]) -> Self {
+        Self::with_limits(http::RequestLimits {
+            cors_origins: cors_origins(origins),
+            ..Default::default()
+        })
+    }
+
+    /// An in-memory app with these limits (and CORS origins).
+    pub fn with_limits(limits: http::RequestLimits) -> Self {
+        Self::on_store_with_limits(Arc::new(MemoryStore::default()), None, limits)
+    }
+
+    /// An app on a store the test built, with these limits (and CORS origins).
+    pub fn on_store_with_limits(
+        store: Arc<dyn SessionStore>,
+        dir: Option<tempfile::TempDir>,
+        limits: http::RequestLimits,
+    ) -> Self {
         let clock = Arc::new(ManualClock::new(START));
         let sessions = Sessions::new(store.clone(), clock.clone(), Some(TTL.as_millis() as i64));
         let verifier = Verifier::new(&AuthSettings {
@@ -158,13 +184,7 @@ impl TestApp {
         .expect("test keys are valid");
         let state = AppState::new(sessions, Arc::new(verifier), Arc::new(Metrics::default()));
         TestApp {
-            router: http::router(
-                state.clone(),
-                &http::RequestLimits {
-                    max_body_bytes,
-                    ..Default::default()
-                },
-            ),
+            router: http::router(state.clone(), &limits),
             state,
             clock,
             store,
@@ -249,6 +269,11 @@ impl Reply {
     pub fn version(&self) -> u64 {
         self.json["metadata"]["version"].as_u64().expect("a version")
     }
+}
+
+/// The allowed origins of `--cors-origin` values; panics on a bad one.
+pub fn cors_origins(origins: &[&str]) -> http::cors::CorsOrigins {
+    http::cors::CorsOrigins::parse(origins).expect("valid origins")
 }
 
 pub fn context_path(id: &str, suffix: &str) -> String {
