@@ -2,6 +2,8 @@
 //! with SIGKILL in the middle of a write load and find every acknowledged write after a restart.
 
 mod common;
+#[path = "binary/cors.rs"]
+mod cors;
 
 use std::path::Path;
 use std::process::Command;

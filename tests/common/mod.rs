@@ -2,6 +2,7 @@
 //! and a one-call request helper.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod browser;
 pub mod proxy;
 pub mod redis_server;
 pub mod server;
