@@ -73,7 +73,11 @@ struct Fixture {
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let sessions = Sessions::new(Arc::new(MemoryStore::default()), Arc::new(SystemClock), Default::default());
+    let sessions = Sessions::new(
+        Arc::new(MemoryStore::default()),
+        Arc::new(SystemClock),
+        Default::default(),
+    );
     let state = AppState::new(sessions, Arc::new(verifier()), Arc::new(Metrics::default()));
     let token = mint_hs256(
         SECRET,

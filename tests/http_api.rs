@@ -8,6 +8,9 @@ mod cors;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
+
+#[path = "http_api/journey.rs"]
+mod journey;
 use serde_json::{Value, json};
 
 const SID: &str = "62528895-b561-4518-bfdc-2cbf52a07845";
@@ -129,20 +132,42 @@ async fn stale_version_is_rejected_with_409_and_changes_nothing(backend: Backend
     assert_eq!(app.read(SID).await.json, before.json);
 }
 
-async fn put_without_a_version_is_400(backend: Backend) {
+async fn updating_without_a_version_is_400_but_creating_needs_none(backend: Backend) {
     let app = TestApp::new(backend).await;
+    let manager = manager();
+    let put = async |suffix: &str, body: Value| {
+        app.call(Method::PUT, &context_path(SID, suffix), Some(&manager), Some(body))
+            .await
+    };
+    put("", json!({"currency": "EUR"}))
+        .await
+        .assert_error(404, "resource_not_found");
+    // Creating with upsert needs no version, nor metadata at all.
+    let created = put("?upsert=true", json!({"currency": "EUR"})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     for suffix in ["", "?upsert=true"] {
-        let reply = app
-            .call(
-                Method::PUT,
-                &context_path(SID, suffix),
-                Some(&manager()),
-                Some(json!({"currency": "EUR"})),
-            )
-            .await;
+        let reply = put(suffix, json!({"currency": "USD"})).await;
         reply.assert_error(400, "validation_error");
         assert_eq!(reply.json["details"][0]["field"], json!("metadata.version"));
     }
+    // The same on /me.
+    let token = anonymous("s-me");
+    let patch = async |body: Value| {
+        app.call(Method::PATCH, &me_path("?upsert=true"), Some(&token), Some(body))
+            .await
+    };
+    let created = patch(json!({"language": "de_DE"})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let reply = patch(json!({"language": "en_US"})).await;
+    reply.assert_error(400, "validation_error");
+    assert_eq!(reply.json["details"][0]["field"], json!("metadata.version"));
+    let me = app.call(Method::GET, &me_path(""), Some(&token), None).await;
+    assert_eq!(
+        me.json["language"],
+        json!("de_DE"),
+        "the underscore form is stored as sent"
+    );
+    assert_eq!(app.read(SID).await.json["currency"], json!("EUR"));
 }
 
 async fn put_null_removes_fields_and_context_replaces_the_map(backend: Backend) {
@@ -231,7 +256,7 @@ async fn upsert_accepts_only_true_or_false(backend: Backend) {
 
 async fn invalid_fields_are_named_in_details(backend: Backend) {
     let app = TestApp::new(backend).await;
-    let body = json!({"currency": "eur", "targetLocation": "DEU", "language": "de_DE", "siteCode": "x".repeat(257),
+    let body = json!({"currency": "eur", "targetLocation": "DEU", "language": "de DE", "siteCode": "x".repeat(257),
                       "context": {"": 1}, "metadata": {"version": 1}});
     let reply = app
         .call(
@@ -609,8 +634,9 @@ async fn deleting_a_session_ends_it(backend: Backend) {
         .assert_error(404, "resource_not_found");
 }
 
-async fn anonymous_sessions_expire_after_their_last_change(backend: Backend) {
+async fn anonymous_sessions_expire_after_their_last_use(backend: Backend) {
     let app = TestApp::new(backend).await;
+    let ms = std::time::Duration::from_millis;
     app.create("anon", json!({"metadata": {"version": 1}})).await;
     app.clock.advance(TTL / 2);
     let post = app
@@ -622,13 +648,28 @@ async fn anonymous_sessions_expire_after_their_last_change(backend: Backend) {
         )
         .await;
     assert_eq!(post.status, StatusCode::NO_CONTENT);
-    app.clock.advance(TTL / 2 + std::time::Duration::from_millis(1));
+    // Half of the idle timeout after the change, exactly half is left: a read does not extend.
+    app.clock.advance(TTL / 2);
+    let read = app.read("anon").await;
+    assert_eq!(read.status, StatusCode::OK, "a change restarts the lifetime");
+    // Just under half left: this read extends, and is not a change.
+    app.clock.advance(ms(1));
+    let extended = app.read("anon").await;
+    assert_eq!(extended.status, StatusCode::OK);
+    assert_eq!(
+        extended.json["metadata"], read.json["metadata"],
+        "version and modifiedAt stay"
+    );
+    assert_eq!(extended.headers["etag"], read.headers["etag"]);
+    // Without that read it would be gone at TTL after the change; now it lives on.
+    app.clock.advance(TTL / 2 + ms(10));
     assert_eq!(
         app.read("anon").await.status,
         StatusCode::OK,
-        "a change restarts the lifetime"
+        "a read restarted the lifetime"
     );
-    app.clock.advance(TTL / 2);
+    // Then unused for a whole idle timeout: gone, for reads and updates alike.
+    app.clock.advance(TTL + ms(1));
     app.read("anon").await.assert_error(404, "resource_not_found");
     app.call(
         Method::PUT,
@@ -1068,6 +1109,7 @@ async fn health_metrics_and_openapi_are_served_without_a_token(backend: Backend)
         format!("delete {base}/context/{{sessionId}}/attributes/{{attributeName}}"),
         format!("get {base}/me/context"),
         format!("patch {base}/me/context"),
+        format!("delete {base}/me/context"),
         format!("post {base}/me/context/attributes"),
         format!("delete {base}/me/context/attributes/{{attributeName}}"),
         "get /health/live".to_string(),
@@ -1097,7 +1139,7 @@ on_every_backend!(
     put_of_a_missing_session_without_upsert_is_404,
     put_with_the_current_version_updates_and_bumps_it,
     stale_version_is_rejected_with_409_and_changes_nothing,
-    put_without_a_version_is_400,
+    updating_without_a_version_is_400_but_creating_needs_none,
     put_null_removes_fields_and_context_replaces_the_map,
     put_body_session_id_must_match_the_path,
     put_ignores_timestamps_and_unknown_fields,
@@ -1116,7 +1158,7 @@ on_every_backend!(
     attribute_delete_is_idempotent,
     me_attribute_delete_removes_from_the_own_session,
     deleting_a_session_ends_it,
-    anonymous_sessions_expire_after_their_last_change,
+    anonymous_sessions_expire_after_their_last_use,
     customer_sessions_do_not_expire_until_the_customer_is_removed,
     path_parameters_follow_the_input_rules,
     bodies_must_be_json_objects_within_limits,

@@ -18,9 +18,10 @@ use serde_json::{Value, json};
 use session_context::auth::mint::{TokenSpec, mint_hs256};
 use session_context::auth::{AuthSettings, ClaimNames, KeySource, Verifier};
 use session_context::clock::ManualClock;
+use session_context::domain::Lifetime;
 use session_context::http::metrics::Metrics;
 use session_context::http::{self, AppState};
-use session_context::service::Sessions;
+use session_context::service::{Policy, Sessions};
 use session_context::store::{self, MemoryStore, SessionStore, SqliteStore, StoreUrl};
 use tower::ServiceExt;
 
@@ -80,6 +81,14 @@ impl Backend {
     }
 }
 
+/// The tests' policy: anonymous sessions idle out after [`TTL`]; nothing else.
+pub fn test_policy() -> Policy {
+    Policy {
+        lifetime: Lifetime::anonymous(Some(TTL.as_millis() as i64)),
+        create_on_first_use: false,
+    }
+}
+
 /// A fresh, random lowercase name, so that tests sharing one server never see each other's data.
 pub fn unique_name(prefix: &str) -> String {
     let mut bytes = [0u8; 8];
@@ -115,6 +124,7 @@ pub struct TestApp {
     pub state: AppState,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn SessionStore>,
+    limits: http::RequestLimits,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -174,7 +184,7 @@ impl TestApp {
         limits: http::RequestLimits,
     ) -> Self {
         let clock = Arc::new(ManualClock::new(START));
-        let sessions = Sessions::new(store.clone(), clock.clone(), Some(TTL.as_millis() as i64));
+        let sessions = Sessions::new(store.clone(), clock.clone(), test_policy());
         let verifier = Verifier::new(&AuthSettings {
             access: KeySource::Secret(SECRET.to_vec()),
             saas: Some(KeySource::Secret(SAAS_SECRET.to_vec())),
@@ -189,8 +199,18 @@ impl TestApp {
             state,
             clock,
             store,
+            limits,
             _dir: dir,
         }
+    }
+
+    /// The same app, on the same store and clock and with the same limits, with another
+    /// lifetime policy.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        let sessions = Sessions::new(self.store.clone(), self.clock.clone(), policy);
+        self.state = AppState::new(sessions, self.state.verifier.clone(), self.state.metrics.clone());
+        self.router = http::router(self.state.clone(), &self.limits);
+        self
     }
 
     /// Sends one request; `body` is sent as JSON when given.
