@@ -1,5 +1,6 @@
 //! Time as the service sees it: milliseconds since the Unix epoch, read through a [`Clock`]
-//! so that expiry can be tested by moving a [`ManualClock`] instead of sleeping.
+//! so that expiry can be tested by moving a [`ManualClock`] instead of sleeping; and durations
+//! as the command line and store URLs write them (`500ms`, `2s`, `1h`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +61,14 @@ pub fn parse_rfc3339(text: &str) -> Option<Millis> {
     i64::try_from(since.as_millis()).ok()
 }
 
+/// Parses `0` or a duration with a unit: `500ms`, `2s`, `30m`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration like 2s, 30m or 1h: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +87,15 @@ mod tests {
         assert_eq!(clock.now(), 1_000);
         clock.advance(Duration::from_secs(2));
         assert_eq!(clock.now(), 3_000);
+    }
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5").is_err());
     }
 }

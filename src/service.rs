@@ -102,8 +102,40 @@ pub enum ServiceError {
     VersionRequired,
     #[error("too many concurrent changes")]
     Contention,
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// The store cannot be reached or is too busy now (503); the detail is for the log.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record is corrupt or the store failed otherwise (500); the detail is for the log.
+    #[error("the store failed: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(reason) => ServiceError::Unavailable(reason),
+            // A conditional write that lost its race is retried by the use cases; one that
+            // escapes them is contention.
+            StoreError::Conflict => ServiceError::Contention,
+            other @ (StoreError::Corrupt(_) | StoreError::Backend(_)) => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A session as read: its JSON, exactly as stored and served, and its version (the ETag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: u64,
+    pub doc: String,
+}
+
+impl From<StoredSession> for Snapshot {
+    fn from(record: StoredSession) -> Self {
+        Snapshot {
+            version: record.version,
+            doc: record.doc,
+        }
+    }
 }
 
 /// The use cases, over any store.
@@ -119,9 +151,9 @@ impl Sessions {
         Sessions { store, clock, policy }
     }
 
-    /// The store behind the use cases (for health checks and sweeping).
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
+    /// Whether the store can take writes now (readiness).
+    pub async fn ready(&self) -> Result<(), ServiceError> {
+        Ok(self.store.ping().await?)
     }
 
     /// The current time as the use cases see it.
@@ -131,7 +163,7 @@ impl Sessions {
 
     /// A session as stored (its JSON and version), checked for the caller's access. A read is
     /// a use: it extends the session's idle timeout when less than half of it is left.
-    pub async fn get(&self, key: &SessionKey, caller: &Caller) -> Result<StoredSession, ServiceError> {
+    pub async fn get(&self, key: &SessionKey, caller: &Caller) -> Result<Snapshot, ServiceError> {
         for attempt in 0..MAX_ATTEMPTS {
             let now = self.now();
             let record = self.store.load(key, now).await?;
@@ -144,7 +176,7 @@ impl Sessions {
                     Step::Proceed => {}
                     // The read answers with what the adoption or creation wrote, at once: a
                     // login is one step, not an adoption and then a later read.
-                    Step::Wrote(Some(written)) => return Ok(written),
+                    Step::Wrote(Some(written)) => return Ok(written.into()),
                     Step::Wrote(None) => {
                         back_off(attempt).await;
                         continue;
@@ -153,7 +185,7 @@ impl Sessions {
             }
             let record = record.ok_or(ServiceError::NotFound)?;
             self.extend_if_due(key, &record, now).await;
-            return Ok(record);
+            return Ok(record.into());
         }
         Err(ServiceError::Contention)
     }
@@ -189,7 +221,7 @@ impl Sessions {
         upsert: bool,
         saas: &SaasToken,
     ) -> Result<Outcome, ServiceError> {
-        self.change(key, None, |current, now| {
+        self.update(key, None, |current, now| {
             match &current {
                 Some(stored) => check_expected(stored, expected)?,
                 None if !upsert => return Err(ServiceError::NotFound),
@@ -213,7 +245,7 @@ impl Sessions {
         upsert: bool,
     ) -> Result<Outcome, ServiceError> {
         let customer = shopper.customer.as_deref();
-        self.change(key, Some(shopper), |current, now| {
+        self.update(key, Some(shopper), |current, now| {
             match &current {
                 Some(stored) => check_expected(stored, expected)?,
                 None if !upsert => return Err(ServiceError::NotFound),
@@ -232,7 +264,7 @@ impl Sessions {
         name: &str,
         value: &Value,
     ) -> Result<Outcome, ServiceError> {
-        self.change(key, shopper(caller), |current, now| {
+        self.update(key, shopper(caller), |current, now| {
             let stored = current.ok_or(ServiceError::NotFound)?;
             Ok(Some(rules::set_attribute(stored, name, value, now)))
         })
@@ -246,7 +278,7 @@ impl Sessions {
         caller: &Caller,
         name: &str,
     ) -> Result<Outcome, ServiceError> {
-        self.change(key, shopper(caller), |current, now| {
+        self.update(key, shopper(caller), |current, now| {
             let stored = current.ok_or(ServiceError::NotFound)?;
             Ok(rules::remove_attribute(stored, name, now))
         })
@@ -274,7 +306,7 @@ impl Sessions {
     }
 
     /// Removes expired sessions in batches of `batch`; returns how many went.
-    pub async fn sweep(&self, batch: usize) -> Result<usize, StoreError> {
+    pub async fn sweep(&self, batch: usize) -> Result<usize, ServiceError> {
         let mut total = 0;
         loop {
             let removed = self.store.sweep_expired(self.now(), batch).await?;
@@ -285,11 +317,11 @@ impl Sessions {
         }
     }
 
-    /// The optimistic loop shared by every change. `decide` gets the stored session (if any)
+    /// The optimistic loop shared by every update. `decide` gets the stored session (if any)
     /// and returns the next one, or `None` when nothing is to change. For a `/me` caller
     /// (`shopper`), a login adopts the session and a first use creates it before `decide` runs,
     /// each as a write of its own.
-    async fn change<F>(
+    async fn update<F>(
         &self,
         key: &SessionKey,
         shopper: Option<&Shopper>,

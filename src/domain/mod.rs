@@ -12,5 +12,5 @@ pub mod validate;
 pub use lifetime::{Lifetime, MeAccess};
 pub use request::{ContextPatch, FieldChange, PatchRequest, PutRequest};
 pub use rules::VersionMismatch;
-pub use session::{Metadata, SessionContext, TextField};
+pub use session::{Metadata, SessionContext, SessionKey, TextField};
 pub use validate::FieldError;

@@ -27,8 +27,8 @@ pub struct PutRequest {
 }
 
 impl PutRequest {
-    /// The change the request makes to `field`, if it names it.
-    pub fn change(&self, field: TextField) -> Option<&FieldChange> {
+    /// What the request does to `field`, if it names it.
+    pub fn field(&self, field: TextField) -> Option<&FieldChange> {
         self.fields.iter().find(|(f, _)| *f == field).map(|(_, c)| c)
     }
 }
@@ -239,9 +239,9 @@ mod tests {
             "s1",
         )
         .unwrap();
-        assert_eq!(req.change(TextField::SiteCode), Some(&FieldChange::Set("main".into())));
-        assert_eq!(req.change(TextField::CartId), Some(&FieldChange::Remove));
-        assert_eq!(req.change(TextField::Currency), None);
+        assert_eq!(req.field(TextField::SiteCode), Some(&FieldChange::Set("main".into())));
+        assert_eq!(req.field(TextField::CartId), Some(&FieldChange::Remove));
+        assert_eq!(req.field(TextField::Currency), None);
         assert_eq!(req.context, None);
         assert_eq!(req.version, Some(4));
     }

@@ -7,6 +7,22 @@ use utoipa::ToSchema;
 
 use crate::clock::{Millis, format_rfc3339_millis, parse_rfc3339};
 
+/// A session's identity: always the tenant *and* the session id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub tenant: String,
+    pub session_id: String,
+}
+
+impl SessionKey {
+    pub fn new(tenant: impl Into<String>, session_id: impl Into<String>) -> Self {
+        SessionKey {
+            tenant: tenant.into(),
+            session_id: session_id.into(),
+        }
+    }
+}
+
 /// A session context as stored and as served (its JSON form is the API's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use super::auth::{ManagementPrincipal, MePrincipal};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{AttributeNameParam, JsonBody, SessionIdParam};
-use super::{AppState, change_response, etag};
+use super::{AppState, etag, write_response};
+use crate::domain::SessionKey;
 use crate::domain::request;
 use crate::service::{Caller, Outcome};
-use crate::store::SessionKey;
 
 /// Sets one attribute of a session.
 #[utoipa::path(
@@ -38,7 +38,7 @@ pub async fn post_attribute(
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(principal.tenant, &id);
     let (_, outcome) = set(&state, &key, &Caller::Management, &body).await?;
-    Ok(change_response(outcome))
+    Ok(write_response(outcome))
 }
 
 /// Removes one attribute of a session; removing a missing one is not an error.
@@ -141,5 +141,5 @@ async fn remove(state: &AppState, key: &SessionKey, caller: &Caller, name: &str)
         .remove_attribute(key, caller, name)
         .await
         .map_err(|e| ApiError::from(e).for_session(&key.session_id))?;
-    Ok(change_response(outcome))
+    Ok(write_response(outcome))
 }

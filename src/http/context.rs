@@ -7,11 +7,11 @@ use axum::response::Response;
 use super::auth::ManagementPrincipal;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{IfMatch, IfNoneMatch, JsonBody, Saas, SessionIdParam, Upsert, expected_version};
-use super::{AppState, change_response, no_content, read_response};
+use super::{AppState, no_content, read_response, write_response};
+use crate::domain::SessionKey;
 use crate::domain::request;
 use crate::domain::session::SessionContext;
 use crate::service::Caller;
-use crate::store::SessionKey;
 
 /// Reads a session context.
 #[utoipa::path(
@@ -88,7 +88,7 @@ pub async fn put_context(
         .put(&key, &req, expected, upsert, &saas)
         .await
         .map_err(|e| with_id(e.into()))?;
-    Ok(change_response(outcome))
+    Ok(write_response(outcome))
 }
 
 /// Ends a session (an extension of the reference API, e.g. at logout); a customer session

@@ -8,7 +8,6 @@ use utoipa::ToSchema;
 
 use crate::domain::FieldError;
 use crate::service::{Expected, ServiceError};
-use crate::store::StoreError;
 
 /// A failed request: what went wrong and, when one was addressed, which session.
 #[derive(Debug)]
@@ -209,24 +208,16 @@ impl From<ServiceError> for ApiError {
                 tracing::warn!("gave up on a change after too many concurrent writers");
                 ErrorKind::Unavailable
             }
-            ServiceError::Store(e) => return e.into(),
+            ServiceError::Unavailable(reason) => {
+                tracing::error!(%reason, "store unavailable");
+                ErrorKind::Unavailable
+            }
+            ServiceError::Internal(reason) => {
+                tracing::error!(%reason, "store failure");
+                ErrorKind::Internal
+            }
         };
         kind.into()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Unavailable(reason) => {
-                tracing::error!(%reason, "store unavailable");
-                ErrorKind::Unavailable.into()
-            }
-            other => {
-                tracing::error!(error = %other, "store failure");
-                ErrorKind::Internal.into()
-            }
-        }
     }
 }
 

@@ -8,11 +8,11 @@ use axum::response::Response;
 use super::auth::MePrincipal;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{IfMatch, IfNoneMatch, JsonBody, Upsert, expected_version};
-use super::{AppState, change_response, no_content, read_response};
+use super::{AppState, no_content, read_response, write_response};
+use crate::domain::SessionKey;
 use crate::domain::request;
 use crate::domain::session::SessionContext;
 use crate::service::Caller;
-use crate::store::SessionKey;
 
 /// Reads the caller's own session context.
 #[utoipa::path(
@@ -109,5 +109,5 @@ pub async fn patch_me(
         .patch(&key, &me.shopper, &req, expected, upsert)
         .await
         .map_err(|e| with_id(e.into()))?;
-    Ok(change_response(outcome))
+    Ok(write_response(outcome))
 }

@@ -28,8 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Verifier;
-use crate::service::{Outcome, Sessions};
-use crate::store::StoredSession;
+use crate::service::{Outcome, Sessions, Snapshot};
 use error::{ApiError, ErrorKind};
 use metrics::Metrics;
 
@@ -39,17 +38,18 @@ pub struct AppState {
     pub sessions: Sessions,
     pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
-    /// The OpenAPI document, rendered once when the router is built.
+    /// The OpenAPI document of exactly these routes, rendered once.
     pub openapi: Arc<str>,
 }
 
 impl AppState {
     pub fn new(sessions: Sessions, verifier: Arc<Verifier>, metrics: Arc<Metrics>) -> Self {
+        let (_, doc) = api();
         AppState {
             sessions,
             verifier,
             metrics,
-            openapi: Arc::from(""),
+            openapi: Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into())),
         }
     }
 }
@@ -101,14 +101,13 @@ impl Default for RequestLimits {
 }
 
 /// The whole application, ready to serve, within `limits`.
-pub fn router(mut state: AppState, limits: &RequestLimits) -> Router {
+pub fn router(state: AppState, limits: &RequestLimits) -> Router {
     let request_timeout = limits.request_timeout;
     let budget = Arc::new(admission::BodyBudget::new(
         limits.max_body_bytes,
         limits.max_inflight_body_bytes,
     ));
-    let (routes, doc) = api();
-    state.openapi = Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    let (routes, _) = api();
     let app = routes
         .fallback(|| async { ApiError::from(ErrorKind::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError::from(ErrorKind::MethodNotAllowed) })
@@ -145,7 +144,7 @@ pub fn etag(version: u64) -> HeaderValue {
 }
 
 /// 200 with a stored session's JSON and its ETag.
-pub fn session_response(record: StoredSession) -> Response {
+pub fn session_response(record: Snapshot) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
@@ -157,7 +156,7 @@ pub fn session_response(record: StoredSession) -> Response {
 }
 
 /// 200 with the session, or 304 with only its ETag when `If-None-Match` matched.
-pub fn read_response(record: StoredSession, if_none_match: &extract::IfNoneMatch) -> Response {
+pub fn read_response(record: Snapshot, if_none_match: &extract::IfNoneMatch) -> Response {
     if if_none_match.matches(record.version) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(record.version))]).into_response();
     }
@@ -165,7 +164,7 @@ pub fn read_response(record: StoredSession, if_none_match: &extract::IfNoneMatch
 }
 
 /// 201 for a created session, 204 for a changed or unchanged one; the ETag when it changed.
-pub fn change_response(outcome: Outcome) -> Response {
+pub fn write_response(outcome: Outcome) -> Response {
     match outcome {
         Outcome::Created { version } => (StatusCode::CREATED, [(header::ETAG, etag(version))]).into_response(),
         Outcome::Updated { version } => (StatusCode::NO_CONTENT, [(header::ETAG, etag(version))]).into_response(),

@@ -29,7 +29,7 @@ pub async fn live() -> axum::Json<Health> {
     responses((status = 200, description = "Ready", body = Health),
               (status = 503, description = "The store cannot take writes: unreachable, an SQLite file deleted or replaced, or a disk that refuses writes", body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
-    match state.sessions.store().ping().await {
+    match state.sessions.ready().await {
         Ok(()) => Ok(axum::Json(Health { status: "ok" })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

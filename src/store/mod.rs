@@ -23,22 +23,7 @@ pub use sqlite::SqliteStore;
 pub use url::{PostgresOptions, RedisOptions, StoreUrl};
 
 use crate::clock::Millis;
-
-/// A session's identity: always the tenant *and* the session id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey {
-    pub tenant: String,
-    pub session_id: String,
-}
-
-impl SessionKey {
-    pub fn new(tenant: impl Into<String>, session_id: impl Into<String>) -> Self {
-        SessionKey {
-            tenant: tenant.into(),
-            session_id: session_id.into(),
-        }
-    }
-}
+pub use crate::domain::SessionKey;
 
 /// One stored session: the serialized resource plus what a store needs to compare and expire.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -119,7 +119,7 @@ impl RedisStore<ConnectionManager> {
             .get_connection_manager_with_config(config)
             .await
             .map_err(from_redis)?;
-        Ok(Self::with(reads, writes, options))
+        Ok(Self::from_connections(reads, writes, options))
     }
 }
 
@@ -138,7 +138,7 @@ impl RedisStore<ClusterConnection> {
         // Each call opens its own connections to the nodes, with its own view of the slots.
         let reads = client.get_async_connection().await.map_err(from_redis)?;
         let writes = client.get_async_connection().await.map_err(from_redis)?;
-        Ok(Self::with(reads, writes, options))
+        Ok(Self::from_connections(reads, writes, options))
     }
 }
 
@@ -155,7 +155,7 @@ fn trusted_cas(options: &RedisOptions) -> Result<Option<TlsCertificates>, StoreE
 }
 
 impl<C> RedisStore<C> {
-    fn with(reads: C, writes: C, options: &RedisOptions) -> Self {
+    fn from_connections(reads: C, writes: C, options: &RedisOptions) -> Self {
         RedisStore {
             reads,
             writes,

@@ -111,13 +111,13 @@ const READINESS_TTL: Duration = Duration::from_millis(500);
 /// often failing writes can make the probe run.
 const RECHECK_AT_LEAST_AFTER: Duration = Duration::from_millis(50);
 
-/// What one change is reckoned to add to the WAL besides its document: a few frames of a page
+/// What one job is reckoned to add to the WAL besides its document: a few frames of a page
 /// each (the row's leaf, the leaves of both indexes, a parent on a split).
-const CHANGE_OVERHEAD: u64 = 4 * (4096 + 24);
+const JOB_OVERHEAD: u64 = 4 * (4096 + 24);
 
-/// A change for the writer thread. Every answer is a count: 0 or 1 for a write, a delete or an
+/// A job for the writer thread. Every answer is a count: 0 or 1 for a write, a delete or an
 /// extend (1 = done), the number removed for a sweep.
-enum Change {
+enum Job {
     Write {
         key: SessionKey,
         expect: Expect,
@@ -146,20 +146,20 @@ enum Change {
 
 type Reply = oneshot::Sender<Result<usize, StoreError>>;
 
-impl Change {
-    /// About how many bytes committing this change adds to the WAL.
+impl Job {
+    /// About how many bytes committing this job adds to the WAL.
     fn size(&self) -> u64 {
         match self {
-            Change::Write { record, .. } => CHANGE_OVERHEAD + record.doc.len() as u64,
-            Change::Delete { .. } | Change::Extend { .. } | Change::Sweep { .. } => CHANGE_OVERHEAD,
-            Change::Retire => 0,
+            Job::Write { record, .. } => JOB_OVERHEAD + record.doc.len() as u64,
+            Job::Delete { .. } | Job::Extend { .. } | Job::Sweep { .. } => JOB_OVERHEAD,
+            Job::Retire => 0,
         }
     }
 }
 
 /// Sessions in an SQLite file.
 pub struct SqliteStore {
-    writer: mpsc::Sender<(Change, Reply)>,
+    writer: mpsc::Sender<(Job, Reply)>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     files: Arc<Files>,
     /// The last readiness result (one check runs at a time; callers meanwhile wait for it).
@@ -293,8 +293,8 @@ impl Files {
     }
 
     /// Records how the commit of `group` went.
-    fn record_commit(&self, group: &[(Change, Reply)], committed: &rusqlite::Result<Vec<usize>>) {
-        let largest = group.iter().map(|(change, _)| change.size()).max().unwrap_or(0);
+    fn record_commit(&self, group: &[(Job, Reply)], committed: &rusqlite::Result<Vec<usize>>) {
+        let largest = group.iter().map(|(job, _)| job.size()).max().unwrap_or(0);
         self.largest_change.fetch_max(largest, Ordering::Relaxed);
         match committed {
             Ok(_) if self.failed_group_size.load(Ordering::Relaxed) != 0 => {
@@ -302,7 +302,7 @@ impl Files {
             }
             Ok(_) => {}
             Err(e) if refuses_writes(e) => {
-                let size = group.iter().map(|(change, _)| change.size()).sum();
+                let size = group.iter().map(|(job, _)| job.size()).sum();
                 self.failed_group_size.store(size, Ordering::Relaxed);
                 self.failures.fetch_add(1, Ordering::Release);
             }
@@ -421,15 +421,15 @@ impl SqliteStore {
         })
     }
 
-    /// Hands `change` to the writer thread and waits for its commit.
-    async fn change(&self, change: Change) -> Result<usize, StoreError> {
+    /// Hands `job` to the writer thread and waits for its commit.
+    async fn submit(&self, job: Job) -> Result<usize, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send((change, reply))
+            .send((job, reply))
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
         answer
             .await
-            .map_err(|_| StoreError::Backend("the SQLite writer dropped a change".into()))?
+            .map_err(|_| StoreError::Backend("the SQLite writer dropped a job".into()))?
     }
 
     /// Runs `f` on a pooled reading connection, right on the calling thread. A read by primary
@@ -480,25 +480,25 @@ impl SessionStore for SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         sql_version(record.version)?;
-        let change = Change::Write {
+        let job = Job::Write {
             key: key.clone(),
             expect,
             record: record.clone(),
             now,
         };
-        match self.change(change).await? {
+        match self.submit(job).await? {
             1 => Ok(()),
             _ => Err(StoreError::Conflict),
         }
     }
 
     async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
-        let change = Change::Delete {
+        let job = Job::Delete {
             key: key.clone(),
             revision,
             now,
         };
-        match self.change(change).await? {
+        match self.submit(job).await? {
             1 => Ok(()),
             _ => Err(StoreError::Conflict),
         }
@@ -511,13 +511,13 @@ impl SessionStore for SqliteStore {
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let change = Change::Extend {
+        let job = Job::Extend {
             key: key.clone(),
             revision,
             expires_at,
             now,
         };
-        match self.change(change).await? {
+        match self.submit(job).await? {
             1 => Ok(()),
             _ => Err(StoreError::Conflict),
         }
@@ -525,7 +525,7 @@ impl SessionStore for SqliteStore {
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.change(Change::Sweep { now, limit }).await
+        self.submit(Job::Sweep { now, limit }).await
     }
 
     /// Ready while the database files are still the ones opened, the disk has room for a
@@ -549,7 +549,7 @@ impl SessionStore for SqliteStore {
                     });
                     if self.files.lost.get().is_some() {
                         // Not ready, and not answered so before the writer has retired.
-                        let _ = self.change(Change::Retire).await;
+                        let _ = self.submit(Job::Retire).await;
                     }
                     result?
                 }
@@ -559,15 +559,15 @@ impl SessionStore for SqliteStore {
     }
 }
 
-/// The writer thread: waits for a change, takes every other change already waiting (up to
+/// The writer thread: waits for a job, takes every other job already waiting (up to
 /// `MAX_GROUP`), commits them in one transaction, checks that the database file is still the
 /// one it opened, and only then answers each. Ends when the store is dropped.
-fn write_in_groups(mut conn: Connection, changes: mpsc::Receiver<(Change, Reply)>, files: &Files) {
+fn write_in_groups(mut conn: Connection, jobs: mpsc::Receiver<(Job, Reply)>, files: &Files) {
     let mut retired = false;
-    while let Ok(first) = changes.recv() {
+    while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
-            match changes.try_recv() {
+            match jobs.try_recv() {
                 Ok(next) => group.push(next),
                 Err(_) => break,
             }
@@ -593,7 +593,7 @@ fn write_in_groups(mut conn: Connection, changes: mpsc::Receiver<(Change, Reply)
                 }
             }
             Err(e) => {
-                // Nothing of the group was acknowledged: every change in it failed.
+                // Nothing of the group was acknowledged: every job in it failed.
                 tracing::error!(error = %e, size = group.len(), "an SQLite group commit failed");
                 for (_, reply) in group {
                     let _ = reply.send(Err(e.clone()));
@@ -625,21 +625,21 @@ fn retire(conn: &Connection) {
     }
 }
 
-/// Applies a group in one transaction. A change whose condition does not hold counts 0 and
+/// Applies a group in one transaction. A job whose condition does not hold counts 0 and
 /// leaves the others alone; any real error rolls the whole group back.
-fn commit_group(conn: &mut Connection, group: &[(Change, Reply)]) -> rusqlite::Result<Vec<usize>> {
+fn commit_group(conn: &mut Connection, group: &[(Job, Reply)]) -> rusqlite::Result<Vec<usize>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut counts = Vec::with_capacity(group.len());
-    for (change, _) in group {
-        counts.push(apply(&tx, change)?);
+    for (job, _) in group {
+        counts.push(apply(&tx, job)?);
     }
     tx.commit()?;
     Ok(counts)
 }
 
-fn apply(conn: &Connection, change: &Change) -> rusqlite::Result<usize> {
-    match change {
-        Change::Write {
+fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
+    match job {
+        Job::Write {
             key,
             expect: Expect::Current { version, generation },
             record,
@@ -663,7 +663,7 @@ fn apply(conn: &Connection, change: &Change) -> rusqlite::Result<usize> {
                     record.generation
                 ])
             }),
-        Change::Write {
+        Job::Write {
             key,
             expect: Expect::Absent,
             record,
@@ -688,7 +688,7 @@ fn apply(conn: &Connection, change: &Change) -> rusqlite::Result<usize> {
                     now
                 ])
             }),
-        Change::Delete { key, revision, now } => conn
+        Job::Delete { key, revision, now } => conn
             .prepare_cached(
                 "DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 AND version = ?3
                    AND generation = ?4 AND (expires_at IS NULL OR expires_at > ?5)",
@@ -702,7 +702,7 @@ fn apply(conn: &Connection, change: &Change) -> rusqlite::Result<usize> {
                     now
                 ])
             }),
-        Change::Extend {
+        Job::Extend {
             key,
             revision,
             expires_at,
@@ -723,13 +723,13 @@ fn apply(conn: &Connection, change: &Change) -> rusqlite::Result<usize> {
                     now
                 ])
             }),
-        Change::Sweep { now, limit } => conn
+        Job::Sweep { now, limit } => conn
             .prepare_cached(
                 "DELETE FROM sessions WHERE id IN (
                    SELECT id FROM sessions WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
             )
             .and_then(|mut stmt| stmt.execute(params![now, limit])),
-        Change::Retire => Ok(0),
+        Job::Retire => Ok(0),
     }
 }
 

@@ -154,7 +154,7 @@ fn parse_redis(rest: &str, cluster: bool, tls: bool) -> Result<RedisOptions, Str
 }
 
 fn duration_param(name: &str, value: &str) -> Result<Duration, String> {
-    crate::cli::parse_duration(value)
+    crate::clock::parse_duration(value)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{name} must be a duration above 0 like 500ms or 3s"))

@@ -98,7 +98,7 @@ pub fn remove_attribute(mut next: SessionContext, key: &str, now: Millis) -> Opt
 /// The customer whose saas-token a PUT needs: the body's `customerId` if it sets one, else the
 /// stored one; `None` when neither the stored session nor the request has a customer.
 pub fn saas_customer<'a>(stored: Option<&'a SessionContext>, req: &'a PutRequest) -> Option<&'a str> {
-    match req.change(TextField::CustomerId) {
+    match req.field(TextField::CustomerId) {
         Some(FieldChange::Set(customer)) => Some(customer),
         _ => stored.and_then(|s| s.customer_id.as_deref()),
     }
