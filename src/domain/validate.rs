@@ -33,34 +33,98 @@ impl FieldError {
     }
 }
 
-/// A tenant: `^[a-z][a-z0-9]+$`, 3 to 16 characters.
+/// A rule for a string as the OpenAPI document states it: an ECMA 262 pattern and length
+/// bounds in characters. Each rule is written once, here; the check function next to it
+/// implements the same rule in code, the document is built from the constant, and a test
+/// (`http::openapi`) holds every pattern in the document and its check equal on a corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StringRule {
+    pub pattern: &'static str,
+    pub min_chars: usize,
+    pub max_chars: usize,
+    /// The rule in words, for error messages and the document.
+    pub words: &'static str,
+}
+
+/// `{tenant}`: lowercase letters and digits, starting with a letter.
+pub const TENANT: StringRule = StringRule {
+    pattern: "^[a-z][a-z0-9]+$",
+    min_chars: 3,
+    max_chars: 16,
+    words: "tenant must be 3 to 16 lowercase letters and digits, starting with a letter",
+};
+
+/// `{sessionId}`.
+pub const SESSION_ID: StringRule = StringRule {
+    pattern: "^[A-Za-z0-9._:-]+$",
+    min_chars: 1,
+    max_chars: 128,
+    words: "sessionId must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+};
+
+/// `currency`: three capital letters.
+pub const CURRENCY: StringRule = StringRule {
+    pattern: "^[A-Z]{3}$",
+    min_chars: 3,
+    max_chars: 3,
+    words: "currency must be three capital letters (EUR)",
+};
+
+/// `targetLocation`: two capital letters.
+pub const TARGET_LOCATION: StringRule = StringRule {
+    pattern: "^[A-Z]{2}$",
+    min_chars: 2,
+    max_chars: 2,
+    words: "targetLocation must be two capital letters (DE)",
+};
+
+/// `language`: a BCP-47 tag, or its underscore form.
+pub const LANGUAGE: StringRule = StringRule {
+    pattern: LANGUAGE_PATTERN,
+    min_chars: 2,
+    max_chars: MAX_LANGUAGE_CHARS,
+    words: "language must be a BCP-47 tag (de, en-US) or its underscore form (de_DE)",
+};
+
+/// An entity tag that names a version (`If-Match`): `"<version>"` or `*`. Versions are kept
+/// to 19 digits, which every version of a session fits (it grows by one per change).
+pub const VERSION_TAG: StringRule = StringRule {
+    pattern: r#"^(\*|"[0-9]{1,19}")$"#,
+    min_chars: 1,
+    max_chars: 21,
+    words: "a version in quotes (\"3\") or *",
+};
+
+/// A version tag read: `Some(None)` for `*` (any version), `Some(Some(n))` for `"n"`; `None`
+/// when the text breaks [`VERSION_TAG`].
+pub fn version_tag(text: &str) -> Option<Option<u64>> {
+    if text == "*" {
+        return Some(None);
+    }
+    let digits = text.strip_prefix('"')?.strip_suffix('"')?;
+    let ok = (1..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    // 19 digits always fit in a u64.
+    ok.then(|| digits.parse().ok()).flatten().map(Some)
+}
+
+/// A tenant: [`TENANT`].
 pub fn tenant(value: &str) -> Result<(), FieldError> {
     let mut chars = value.chars();
     let ok = (3..=16).contains(&value.len())
         && chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    ok.then_some(()).ok_or_else(|| {
-        FieldError::new(
-            "tenant",
-            "invalid_format",
-            "tenant must be 3 to 16 lowercase letters and digits, starting with a letter",
-        )
-    })
+    ok.then_some(())
+        .ok_or_else(|| FieldError::new("tenant", "invalid_format", TENANT.words))
 }
 
-/// A session id: 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+/// A session id: [`SESSION_ID`].
 pub fn session_id(value: &str) -> Result<(), FieldError> {
     let ok = (1..=128).contains(&value.len())
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    ok.then_some(()).ok_or_else(|| {
-        FieldError::new(
-            "sessionId",
-            "invalid_format",
-            "sessionId must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
-        )
-    })
+    ok.then_some(())
+        .ok_or_else(|| FieldError::new("sessionId", "invalid_format", SESSION_ID.words))
 }
 
 /// The characters an attribute name may not hold, as inclusive ranges: the control characters
@@ -108,16 +172,13 @@ pub fn text_field(field: TextField, value: &str) -> Result<(), FieldError> {
     let (ok, rule) = match field {
         TextField::Currency => (
             value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()),
-            "currency must be three capital letters (EUR)",
+            CURRENCY.words,
         ),
         TextField::TargetLocation => (
             value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()),
-            "targetLocation must be two capital letters (DE)",
+            TARGET_LOCATION.words,
         ),
-        TextField::Language => (
-            is_language_tag(value),
-            "language must be a BCP-47 tag (de, en-US) or its underscore form (de_DE)",
-        ),
+        TextField::Language => (is_language_tag(value), LANGUAGE.words),
         // A customer owns its session: an empty customer id would be a customer nobody is.
         TextField::CustomerId => (
             (1..=MAX_TEXT_CHARS).contains(&value.chars().count()),
@@ -129,8 +190,7 @@ pub fn text_field(field: TextField, value: &str) -> Result<(), FieldError> {
         .ok_or_else(|| FieldError::new(name, "invalid_format", rule))
 }
 
-/// The language rule as the OpenAPI document states it (`is_language_tag` is the same rule in
-/// code; a test holds the two equal).
+/// The language rule's pattern ([`LANGUAGE`]; `is_language_tag` is the same rule in code).
 pub const LANGUAGE_PATTERN: &str = "^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$";
 
 /// The longest language tag.

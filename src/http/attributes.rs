@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{ManagementPrincipal, MePrincipal};
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, BodyErrors, SessionErrors};
 use super::extract::{AttributeNameParam, JsonBody, SessionIdParam};
 use super::{AppState, etag, write_response};
 use crate::domain::SessionKey;
@@ -24,9 +24,7 @@ use crate::service::{Caller, Outcome};
     request_body(content = super::openapi::AttributeBody, content_type = "application/json"),
     responses(
         (status = 204, description = "The attribute was set"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        SessionErrors, BodyErrors,
     ),
     security(("bearer" = ["session_context.context_manage"]))
 )]
@@ -49,8 +47,7 @@ pub async fn post_attribute(
     params(super::openapi::TenantPath, super::openapi::SessionIdPath, super::openapi::AttributeNamePath),
     responses(
         (status = 204, description = "The attribute is gone"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+        SessionErrors,
     ),
     security(("bearer" = ["session_context.context_manage"]))
 )]
@@ -74,9 +71,7 @@ pub async fn delete_attribute(
     responses(
         (status = 201, description = "The attribute was set", body = String, content_type = "application/json",
             headers(("ETag" = String, description = "The new version in quotes"))),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        SessionErrors, BodyErrors,
     ),
     security(("bearer" = []))
 )]
@@ -103,8 +98,7 @@ pub async fn post_me_attribute(
     params(super::openapi::TenantPath, super::openapi::AttributeNamePath),
     responses(
         (status = 204, description = "The attribute is gone"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+        SessionErrors,
     ),
     security(("bearer" = []))
 )]

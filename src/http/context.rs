@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::auth::ManagementPrincipal;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, BodyErrors, SessionErrors, VersionErrors};
 use super::extract::{IfMatch, IfNoneMatch, JsonBody, Saas, SessionIdParam, Upsert, expected_version};
 use super::{AppState, no_content, read_response, write_response};
 use crate::domain::SessionKey;
@@ -28,8 +28,7 @@ use crate::service::Caller;
             headers(("ETag" = String, description = "The version in quotes"))),
         (status = 304, description = "Not modified: If-None-Match matched",
             headers(("ETag" = String, description = "The version in quotes"))),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+        SessionErrors,
     ),
     security(("bearer" = ["session_context.context_manage"]))
 )]
@@ -57,15 +56,12 @@ pub async fn get_context(
         super::openapi::TenantPath, super::openapi::SessionIdPath,
         ("upsert" = Option<bool>, Query, description = "Create the session if it does not exist"),
         ("saas-token" = Option<String>, Header, nullable = false, description = "The customer's token; required when the session has or gets a customerId"),
-        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|"[0-9]{1,19}")$"#,
-            description = "The expected version in quotes (\"3\") or *; stands in for metadata.version"),
+        super::openapi::IfMatchHeader,
     ),
     request_body(content = super::openapi::PutBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Created"), (status = 204, description = "Updated"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
+        SessionErrors, BodyErrors, VersionErrors,
     ),
     security(("bearer" = ["session_context.context_manage"]))
 )]
@@ -103,8 +99,7 @@ pub async fn put_context(
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+        SessionErrors,
     ),
     security(("bearer" = ["session_context.context_manage"]))
 )]

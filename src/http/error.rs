@@ -47,6 +47,52 @@ pub enum ErrorKind {
     Unavailable,
 }
 
+/// The error answers of every route that addresses a session, as the OpenAPI document lists
+/// them (with [`BodyErrors`] and [`VersionErrors`] where they apply): written once here.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description only
+pub enum SessionErrors {
+    /// The request breaks an input rule; `details` names the fields.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or one that does not verify (or a missing saas-token).
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// A valid token that does not grant this.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// The session does not exist or has expired.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The store cannot be reached, or the service is busy; retry shortly.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The error answers of a route that takes a body.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description only
+pub enum BodyErrors {
+    /// The body is larger than the limit.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// The body is not `application/json`, or is encoded.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+}
+
+/// The error answers of a version-checked write.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description only
+pub enum VersionErrors {
+    /// `metadata.version` is not the stored version; `currentVersion` says which is.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// `If-Match` is not the stored version; `currentVersion` says which is.
+    #[response(status = 412)]
+    PreconditionFailed(ErrorBody),
+}
+
 /// The JSON error body: the reference's `code`/`message` and the Emporix house style's
 /// `status`/`type`/`details`.
 #[derive(Debug, Serialize, ToSchema)]

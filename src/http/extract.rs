@@ -95,20 +95,15 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
             return Ok(IfMatch(None));
         };
         let text = value.to_str().unwrap_or("").trim();
-        if text == "*" {
-            return Ok(IfMatch(Some(Expected::Any)));
+        match validate::version_tag(text) {
+            Some(None) => Ok(IfMatch(Some(Expected::Any))),
+            Some(Some(version)) => Ok(IfMatch(Some(Expected::IfMatch(version)))),
+            None => Err(ApiError::invalid(FieldError::new(
+                "If-Match",
+                "invalid_format",
+                format!("If-Match must be {}", validate::VERSION_TAG.words),
+            ))),
         }
-        text.strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .and_then(|t| t.parse::<u64>().ok())
-            .map(|v| IfMatch(Some(Expected::IfMatch(v))))
-            .ok_or_else(|| {
-                ApiError::invalid(FieldError::new(
-                    "If-Match",
-                    "invalid_format",
-                    "If-Match must be a version in quotes (\"3\") or *",
-                ))
-            })
     }
 }
 

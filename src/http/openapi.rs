@@ -9,7 +9,9 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use crate::domain::validate::{ATTRIBUTE_NAME_FORBIDDEN, ATTRIBUTE_NAME_RULE, MAX_ATTRIBUTE_NAME_BYTES};
+use crate::domain::validate::{
+    self, ATTRIBUTE_NAME_FORBIDDEN, ATTRIBUTE_NAME_RULE, MAX_ATTRIBUTE_NAME_BYTES, MAX_TEXT_CHARS, StringRule,
+};
 
 // The input rules of the contract, as JSON Schema patterns (ECMA 262 regular expressions).
 
@@ -53,29 +55,102 @@ fn attribute_key_schema() -> Object {
         .build()
 }
 
+/// A string schema from one of the contract's rules.
+fn rule_schema(rule: &StringRule) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(rule.pattern))
+        .min_length(Some(rule.min_chars))
+        .max_length(Some(rule.max_chars))
+}
+
+/// A path or header parameter from one of the contract's rules.
+fn rule_parameter(name: &str, place: ParameterIn, required: Required, rule: &StringRule, about: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(place)
+        .required(required)
+        .description(Some(format!("{about} ({})", rule.words)))
+        .schema(Some(rule_schema(rule).build()))
+        .build()
+}
+
 /// `{tenant}`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // a schema only
-pub struct TenantPath {
-    /// The tenant: 3 to 16 lowercase letters and digits, starting with a letter.
-    #[param(pattern = "^[a-z][a-z0-9]+$", min_length = 3, max_length = 16)]
-    pub tenant: String,
+pub struct TenantPath;
+
+impl IntoParams for TenantPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let about = "The tenant";
+        vec![rule_parameter(
+            "tenant",
+            ParameterIn::Path,
+            Required::True,
+            &validate::TENANT,
+            about,
+        )]
+    }
 }
 
 /// `{sessionId}`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // a schema only
-pub struct SessionIdPath {
-    /// The session: 1 to 128 characters of A-Z a-z 0-9 . _ : -
-    #[param(
-        rename = "sessionId",
-        pattern = "^[A-Za-z0-9._:-]+$",
-        min_length = 1,
-        max_length = 128
-    )]
-    pub session_id: String,
+pub struct SessionIdPath;
+
+impl IntoParams for SessionIdPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let about = "The session";
+        vec![rule_parameter(
+            "sessionId",
+            ParameterIn::Path,
+            Required::True,
+            &validate::SESSION_ID,
+            about,
+        )]
+    }
+}
+
+/// The `If-Match` header of PUT and PATCH.
+pub struct IfMatchHeader;
+
+impl IntoParams for IfMatchHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let about = "The expected version; stands in for metadata.version";
+        vec![rule_parameter(
+            "If-Match",
+            ParameterIn::Header,
+            Required::False,
+            &validate::VERSION_TAG,
+            about,
+        )]
+    }
+}
+
+/// `siteCode`, `cartId`: free text.
+fn free_text_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAX_TEXT_CHARS))
+        .build()
+}
+
+/// `customerId`: free text, not empty (setting it needs the customer's `saas-token`).
+fn customer_id_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_TEXT_CHARS))
+        .description(Some("Setting or changing it needs a `saas-token` for that customer."))
+        .build()
+}
+
+fn currency_schema() -> Object {
+    rule_schema(&validate::CURRENCY).build()
+}
+
+fn target_location_schema() -> Object {
+    rule_schema(&validate::TARGET_LOCATION).build()
+}
+
+fn language_schema() -> Object {
+    rule_schema(&validate::LANGUAGE).build()
 }
 
 /// `{attributeName}`.
@@ -118,21 +193,17 @@ pub struct MetadataUpdate {
 #[schema(rename_all = "camelCase")]
 #[allow(dead_code)] // a schema only
 pub struct PutBody {
-    /// Setting or changing it needs a `saas-token` for that customer.
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(schema_with = customer_id_schema)]
     pub customer_id: Option<String>,
-    #[schema(max_length = 256)]
+    #[schema(schema_with = free_text_schema)]
     pub site_code: Option<String>,
-    /// Three capital letters.
-    #[schema(pattern = "^[A-Z]{3}$")]
+    #[schema(schema_with = currency_schema)]
     pub currency: Option<String>,
-    /// Two capital letters.
-    #[schema(pattern = "^[A-Z]{2}$")]
+    #[schema(schema_with = target_location_schema)]
     pub target_location: Option<String>,
-    /// A BCP-47 language tag, or its underscore form (`de_DE`).
-    #[schema(pattern = "^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$", max_length = 35)]
+    #[schema(schema_with = language_schema)]
     pub language: Option<String>,
-    #[schema(max_length = 256)]
+    #[schema(schema_with = free_text_schema)]
     pub cart_id: Option<String>,
     /// Replaces the whole stored map.
     #[schema(schema_with = context_schema)]
@@ -145,14 +216,13 @@ pub struct PutBody {
 #[schema(rename_all = "camelCase")]
 #[allow(dead_code)] // a schema only
 pub struct PatchBody {
-    #[schema(max_length = 256)]
+    #[schema(schema_with = free_text_schema)]
     pub site_code: Option<String>,
-    #[schema(pattern = "^[A-Z]{3}$")]
+    #[schema(schema_with = currency_schema)]
     pub currency: Option<String>,
-    #[schema(pattern = "^[A-Z]{2}$")]
+    #[schema(schema_with = target_location_schema)]
     pub target_location: Option<String>,
-    /// A BCP-47 language tag, or its underscore form (`de_DE`).
-    #[schema(pattern = "^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$", max_length = 35)]
+    #[schema(schema_with = language_schema)]
     pub language: Option<String>,
     /// Merged key by key (JSON Merge Patch at the first level): `null` removes a key.
     #[schema(schema_with = context_schema)]
@@ -312,17 +382,6 @@ mod tests {
     }
 
     #[test]
-    fn the_document_states_the_language_rule_the_service_checks() {
-        let (_, doc) = super::super::api();
-        let doc: Value = serde_json::from_str(&doc.to_json().unwrap()).unwrap();
-        for name in ["PutBody", "PatchBody"] {
-            let language = &doc["components"]["schemas"][name]["properties"]["language"];
-            assert_eq!(language["pattern"], validate::LANGUAGE_PATTERN, "{name}");
-            assert_eq!(language["maxLength"], validate::MAX_LANGUAGE_CHARS, "{name}");
-        }
-    }
-
-    #[test]
     fn the_attribute_name_pattern_escapes_only_the_basic_plane() {
         // `\uXXXX` reaches U+FFFF; a forbidden character past it would need the `u` flag.
         for (from, to) in validate::ATTRIBUTE_NAME_FORBIDDEN {
@@ -332,5 +391,105 @@ mod tests {
             attribute_name_pattern(),
             "^[^\\u0000-\\u001F\\u007F-\\u009F\\u200B\\u202A-\\u202E\\u2066-\\u2069\\uFEFF]+$"
         );
+    }
+
+    /// Every `pattern` in the served document, where it is, and its schema.
+    fn patterns(doc: &Value) -> Vec<(String, Value)> {
+        let mut found = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for param in operation["parameters"].as_array().into_iter().flatten() {
+                    let place = format!("{method} {path} {}", param["name"]);
+                    found.push((place, param["schema"].clone()));
+                }
+            }
+        }
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+                found.push((format!("{name}.{field}"), property.clone()));
+                found.push((format!("{name}.{field} keys"), property["propertyNames"].clone()));
+            }
+        }
+        found.retain(|(_, schema)| schema.get("pattern").is_some());
+        found
+    }
+
+    /// Strings to hold a pattern and a check against each other: short random ones from an
+    /// alphabet that every rule cares about, and long runs near every rule's length bounds.
+    fn corpus() -> Vec<String> {
+        let alphabet: Vec<char> = "aqzAQZ059._:-*\"+ /é".chars().collect();
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut corpus = Vec::new();
+        for _ in 0..60_000 {
+            let len = (next() % 12) as usize;
+            corpus.push(
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        for n in 0..=140 {
+            for unit in ["a", "A", "7", "a-", "_b", "x1"] {
+                corpus.push(unit.repeat(n));
+            }
+            corpus.push(format!("\"{}\"", "7".repeat(n)));
+            corpus.push(format!("de{}", "-abc".repeat(n)));
+        }
+        corpus.extend(["*", "\"\"", "\"+5\"", "en_US", "de__DE", "EUR", "DE", "shop"].map(String::from));
+        corpus
+    }
+
+    #[test]
+    fn every_pattern_in_the_document_is_a_rule_the_service_checks_alike() {
+        use crate::domain::TextField;
+        type Check = fn(&str) -> bool;
+        let rules: [(StringRule, Check); 6] = [
+            (validate::TENANT, |v| validate::tenant(v).is_ok()),
+            (validate::SESSION_ID, |v| validate::session_id(v).is_ok()),
+            (validate::CURRENCY, |v| {
+                validate::text_field(TextField::Currency, v).is_ok()
+            }),
+            (validate::TARGET_LOCATION, |v| {
+                validate::text_field(TextField::TargetLocation, v).is_ok()
+            }),
+            (validate::LANGUAGE, |v| {
+                validate::text_field(TextField::Language, v).is_ok()
+            }),
+            (validate::VERSION_TAG, |v| validate::version_tag(v).is_some()),
+        ];
+        let (_, doc) = super::super::api();
+        let doc: Value = serde_json::from_str(&doc.to_json().unwrap()).unwrap();
+        let found = patterns(&doc);
+        assert!(found.len() >= 10, "{found:?}");
+        for (place, schema) in &found {
+            let pattern = schema["pattern"].as_str().unwrap();
+            if pattern == attribute_name_pattern() {
+                continue; // held equal to its check by the test above, character by character
+            }
+            let (rule, _) = rules
+                .iter()
+                .find(|(rule, _)| rule.pattern == pattern)
+                .unwrap_or_else(|| panic!("{place}: {pattern} is not one of the contract's rules"));
+            assert_eq!(schema["minLength"], rule.min_chars, "{place}");
+            assert_eq!(schema["maxLength"], rule.max_chars, "{place}");
+        }
+        let corpus = corpus();
+        for (rule, check) in rules {
+            let regex = regex::Regex::new(rule.pattern).unwrap();
+            let mut accepted = 0;
+            for value in &corpus {
+                let length = value.chars().count();
+                let by_document = regex.is_match(value) && (rule.min_chars..=rule.max_chars).contains(&length);
+                assert_eq!(by_document, check(value), "{value:?} against {}", rule.pattern);
+                accepted += usize::from(by_document);
+            }
+            assert!(accepted > 0, "the corpus never meets {}", rule.pattern);
+        }
     }
 }
