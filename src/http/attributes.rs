@@ -118,22 +118,12 @@ async fn set(
     caller: &Caller,
     body: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(String, Outcome), ApiError> {
-    let id = &key.session_id;
-    let (name, value) =
-        request::read_attribute(body).map_err(|d| ApiError::bad_request("Invalid attribute", d).for_session(id))?;
-    let outcome = state
-        .sessions
-        .set_attribute(key, caller, &name, &value)
-        .await
-        .map_err(|e| ApiError::from(e).for_session(id))?;
+    let (name, value) = request::read_attribute(body).map_err(|d| ApiError::bad_request("Invalid attribute", d))?;
+    let outcome = state.sessions.set_attribute(key, caller, &name, &value).await?;
     Ok((name, outcome))
 }
 
 async fn remove(state: &AppState, key: &SessionKey, caller: &Caller, name: &str) -> Result<Response, ApiError> {
-    let outcome = state
-        .sessions
-        .remove_attribute(key, caller, name)
-        .await
-        .map_err(|e| ApiError::from(e).for_session(&key.session_id))?;
+    let outcome = state.sessions.remove_attribute(key, caller, name).await?;
     Ok(write_response(outcome))
 }

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 
 use super::AppState;
-use super::error::{ApiError, ErrorKind};
+use super::error::{Addressed, ApiError, ErrorKind};
 use super::extract::path_param;
 use crate::auth::AccessClaims;
 use crate::domain::validate;
@@ -60,6 +60,7 @@ impl FromRequestParts<AppState> for MePrincipal {
             .filter(|(field, value)| validate::text_field(*field, value).is_ok())
             .cloned()
             .collect();
+        Addressed::note(parts, &session_id);
         Ok(MePrincipal {
             tenant,
             session_id,

@@ -39,11 +39,7 @@ pub async fn get_context(
     if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(principal.tenant, &id);
-    let record = state
-        .sessions
-        .get(&key, &Caller::Management)
-        .await
-        .map_err(|e| ApiError::from(e).for_session(&id))?;
+    let record = state.sessions.get(&key, &Caller::Management).await?;
     Ok(read_response(record, &if_none_match))
 }
 
@@ -74,16 +70,10 @@ pub async fn put_context(
     Saas(saas): Saas,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let with_id = |e: ApiError| e.for_session(&id);
-    let req =
-        request::read_put(&body, &id).map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
+    let req = request::read_put(&body, &id).map_err(|d| ApiError::bad_request("Invalid session context", d))?;
     let expected = expected_version(if_match, req.version);
     let key = SessionKey::new(principal.tenant, &id);
-    let outcome = state
-        .sessions
-        .put(&key, &req, expected, upsert, &saas)
-        .await
-        .map_err(|e| with_id(e.into()))?;
+    let outcome = state.sessions.put(&key, &req, expected, upsert, &saas).await?;
     Ok(write_response(outcome))
 }
 
@@ -110,10 +100,6 @@ pub async fn delete_context(
     Saas(saas): Saas,
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(principal.tenant, &id);
-    state
-        .sessions
-        .delete(&key, &saas)
-        .await
-        .map_err(|e| ApiError::from(e).for_session(&id))?;
+    state.sessions.delete(&key, &saas).await?;
     Ok(no_content())
 }

@@ -1,7 +1,18 @@
 //! [`ApiError`]: every way a request can fail, each mapped in one place to its status and to
 //! the contract's JSON error body. Internal details are logged here and never sent.
+//!
+//! One error path: an `ApiError` becomes a response with its status and headers, and the
+//! [`render_errors`] middleware, around everything, writes its body, naming the session the
+//! request addressed once an extractor has noted it ([`Addressed`]). So no handler attaches the
+//! session id itself, and errors made by other layers (413, 503, 408) get the same body.
 
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -10,14 +21,14 @@ use crate::domain::FieldError;
 use crate::service::{Expected, ServiceError};
 
 /// A failed request: what went wrong and, when one was addressed, which session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub kind: ErrorKind,
     pub session_id: Option<String>,
 }
 
 /// The kinds of failure, each with its status.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ErrorKind {
     /// 400: the request breaks an input rule; `details` names the fields.
     BadRequest { message: String, details: Vec<FieldError> },
@@ -131,12 +142,6 @@ impl ApiError {
     /// One invalid field.
     pub fn invalid(error: FieldError) -> Self {
         Self::bad_request(error.message.clone(), vec![error])
-    }
-
-    /// Names the session the request addressed.
-    pub fn for_session(mut self, session_id: &str) -> Self {
-        self.session_id = Some(session_id.to_owned());
-        self
     }
 
     /// The status this error answers with.
@@ -268,17 +273,62 @@ impl From<ServiceError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The status and headers; the body is written by [`render_errors`] (or, outside it, by
+    /// [`ApiError::render`] at once).
     fn into_response(self) -> Response {
         let status = self.status();
-        let challenge = matches!(self.kind, ErrorKind::Unauthenticated { .. });
-        let mut response = (status, axum::Json(self.body())).into_response();
+        let mut response = status.into_response();
         let headers = response.headers_mut();
-        if challenge {
+        if matches!(self.kind, ErrorKind::Unauthenticated { .. }) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        response.extensions_mut().insert(Unrendered(self));
         response
     }
+}
+
+/// An error answer whose body is still to be written.
+#[derive(Clone)]
+struct Unrendered(ApiError);
+
+impl ApiError {
+    /// Writes the contract's JSON body into an error answer made by `into_response`.
+    fn render(mut self, response: &mut Response, addressed: Option<&str>) {
+        if self.session_id.is_none() {
+            self.session_id = addressed.map(str::to_owned);
+        }
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        *response.body_mut() = Body::from(body);
+    }
+}
+
+/// Where the extractors note the session a request addresses (its path's `sessionId`, or the
+/// `/me` token's), so that any error answer to it names it.
+#[derive(Clone, Default)]
+pub struct Addressed(Arc<OnceLock<String>>);
+
+impl Addressed {
+    /// Notes that the request in `parts` addresses session `id`.
+    pub fn note(parts: &Parts, id: &str) {
+        if let Some(addressed) = parts.extensions.get::<Addressed>() {
+            let _ = addressed.0.set(id.to_owned());
+        }
+    }
+}
+
+/// The middleware that writes every error answer's body (see the module doc).
+pub async fn render_errors(mut request: Request, next: Next) -> Response {
+    let addressed = Addressed::default();
+    request.extensions_mut().insert(addressed.clone());
+    let mut response = next.run(request).await;
+    if let Some(Unrendered(error)) = response.extensions_mut().remove::<Unrendered>() {
+        error.render(&mut response, addressed.0.get().map(String::as_str));
+    }
+    response
 }

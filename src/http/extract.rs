@@ -10,21 +10,35 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::error::{ApiError, ErrorKind};
+use super::error::{Addressed, ApiError, ErrorKind};
 use crate::auth::SaasRefused;
 use crate::domain::json;
 use crate::domain::validate::{self, FieldError};
 use crate::service::{Expected, SaasToken};
 
+/// The path's parameters, percent-decoded once per request and kept with it for every
+/// extractor that needs one (the principal its tenant, the handler its session id).
+#[derive(Clone)]
+struct PathParams(std::sync::Arc<[(String, String)]>);
+
 /// The value of one named path parameter, percent-decoded.
 pub async fn path_param(parts: &mut Parts, name: &str) -> Result<String, ApiError> {
-    let params = RawPathParams::from_request_parts(parts, &())
-        .await
-        .map_err(|_| ApiError::invalid(FieldError::new(name, "invalid_format", "the path is not valid UTF-8")))?;
+    let params = match parts.extensions.get::<PathParams>() {
+        Some(params) => params.clone(),
+        None => {
+            let raw = RawPathParams::from_request_parts(parts, &()).await.map_err(|_| {
+                ApiError::invalid(FieldError::new(name, "invalid_format", "the path is not valid UTF-8"))
+            })?;
+            let params = PathParams(raw.iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect());
+            parts.extensions.insert(params.clone());
+            params
+        }
+    };
     params
+        .0
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.to_owned())
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
         .ok_or_else(|| ErrorKind::RouteNotFound.into())
 }
 
@@ -37,6 +51,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionIdParam {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let id = path_param(parts, "sessionId").await?;
         validate::session_id(&id).map_err(ApiError::invalid)?;
+        Addressed::note(parts, &id);
         Ok(SessionIdParam(id))
     }
 }

@@ -39,11 +39,7 @@ pub async fn get_me(
     if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let key = SessionKey::new(me.tenant, &me.session_id);
-    let record = state
-        .sessions
-        .get(&key, &Caller::Me(me.shopper))
-        .await
-        .map_err(|e| ApiError::from(e).for_session(&me.session_id))?;
+    let record = state.sessions.get(&key, &Caller::Me(me.shopper)).await?;
     Ok(read_response(record, &if_none_match))
 }
 
@@ -62,11 +58,7 @@ pub async fn get_me(
 )]
 pub async fn delete_me(State(state): State<AppState>, me: MePrincipal) -> Result<Response, ApiError> {
     let key = SessionKey::new(me.tenant, &me.session_id);
-    state
-        .sessions
-        .delete_own(&key, &me.shopper)
-        .await
-        .map_err(|e| ApiError::from(e).for_session(&me.session_id))?;
+    state.sessions.delete_own(&key, &me.shopper).await?;
     Ok(no_content())
 }
 
@@ -94,15 +86,9 @@ pub async fn patch_me(
     IfMatch(if_match): IfMatch,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let id = me.session_id.clone();
-    let with_id = |e: ApiError| e.for_session(&id);
-    let req = request::read_patch(&body).map_err(|d| with_id(ApiError::bad_request("Invalid session context", d)))?;
+    let req = request::read_patch(&body).map_err(|d| ApiError::bad_request("Invalid session context", d))?;
     let expected = expected_version(if_match, req.version);
     let key = SessionKey::new(me.tenant, &me.session_id);
-    let outcome = state
-        .sessions
-        .patch(&key, &me.shopper, &req, expected, upsert)
-        .await
-        .map_err(|e| with_id(e.into()))?;
+    let outcome = state.sessions.patch(&key, &me.shopper, &req, expected, upsert).await?;
     Ok(write_response(outcome))
 }

@@ -126,6 +126,7 @@ pub fn router(state: AppState, limits: &RequestLimits) -> Router {
             tracing::error!("a request handler panicked");
             ApiError::from(ErrorKind::Internal).into_response()
         }))
+        .layer(axum::middleware::from_fn(error::render_errors))
         .with_state(state);
     // CORS goes outermost, so that every answer to an allowed origin carries its headers,
     // including those the other layers make themselves (500 from catch-panic, 413/503 from
