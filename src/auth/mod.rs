@@ -114,11 +114,21 @@ pub struct Verifier {
     /// its exact text) saves the signature check and the JSON parsing on all but the first.
     /// Only tokens that verified are kept, and their expiry is checked on every use.
     verified: Cache<String, Arc<Verified>>,
+    /// Whether a remembered token has expired is read from this clock.
+    clock: Arc<dyn Clock>,
 }
 
 impl Verifier {
     /// Builds the keys and rules; the error names what is wrong with the configuration.
+    /// Remembered tokens expire by the system clock.
     pub fn new(settings: &AuthSettings) -> Result<Self, String> {
+        Self::with_clock(settings, Arc::new(SystemClock))
+    }
+
+    /// As [`Verifier::new`], with remembered tokens expiring by `clock` (a `ManualClock` in
+    /// tests). A token's first verification (signature, `exp`, `nbf`) is jsonwebtoken's, against
+    /// the system time.
+    pub fn with_clock(settings: &AuthSettings, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let access = KeySet::load(&settings.access)?;
         let saas = match &settings.saas {
             Some(source) => KeySet::load(source)?,
@@ -134,12 +144,13 @@ impl Verifier {
             validations,
             claims: settings.claims.clone(),
             verified: Cache::new(VERIFIED_TOKENS),
+            clock,
         })
     }
 
     /// Verifies an access token and reads its claims.
     pub fn verify_access(&self, token: &str) -> Result<Arc<AccessClaims>, InvalidToken> {
-        let now = SystemClock.now();
+        let now = self.clock.now();
         if let Some(known) = self.verified.get(token) {
             if known.expires_at > now {
                 return Ok(Arc::clone(&known.claims));
