@@ -127,6 +127,14 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl StoreError {
+    /// The answer of a conditional operation: done when its condition `held`, else
+    /// [`StoreError::Conflict`].
+    pub fn unless_held(held: bool) -> Result<(), StoreError> {
+        if held { Ok(()) } else { Err(StoreError::Conflict) }
+    }
+}
+
 /// The storage contract every backend fulfils.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {

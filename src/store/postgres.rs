@@ -126,11 +126,7 @@ impl SessionStore for PostgresStore {
             .bind(now),
         };
         let done = self.bounded(query.execute(&self.pool)).await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        StoreError::unless_held(done.rows_affected() == 1)
     }
 
     async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
@@ -148,11 +144,7 @@ impl SessionStore for PostgresStore {
                 .execute(&self.pool),
             )
             .await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        StoreError::unless_held(done.rows_affected() == 1)
     }
 
     async fn extend(
@@ -178,11 +170,7 @@ impl SessionStore for PostgresStore {
                 .execute(&self.pool),
             )
             .await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        StoreError::unless_held(done.rows_affected() == 1)
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {

@@ -234,11 +234,7 @@ where
             .invoke_async(&mut self.writes.clone())
             .await
             .map_err(from_redis)?;
-        if written == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        StoreError::unless_held(written == 1)
     }
 
     async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
@@ -251,11 +247,7 @@ where
             .invoke_async(&mut self.writes.clone())
             .await
             .map_err(from_redis)?;
-        if removed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        StoreError::unless_held(removed == 1)
     }
 
     async fn extend(
@@ -277,11 +269,7 @@ where
             .invoke_async(&mut self.writes.clone())
             .await
             .map_err(from_redis)?;
-        if extended == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        StoreError::unless_held(extended == 1)
     }
 
     /// Redis removes expired sessions itself (each record with an expiry time carries a native

@@ -486,10 +486,7 @@ impl SessionStore for SqliteStore {
             record: record.clone(),
             now,
         };
-        match self.submit(job).await? {
-            1 => Ok(()),
-            _ => Err(StoreError::Conflict),
-        }
+        StoreError::unless_held(self.submit(job).await? == 1)
     }
 
     async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
@@ -498,10 +495,7 @@ impl SessionStore for SqliteStore {
             revision,
             now,
         };
-        match self.submit(job).await? {
-            1 => Ok(()),
-            _ => Err(StoreError::Conflict),
-        }
+        StoreError::unless_held(self.submit(job).await? == 1)
     }
 
     async fn extend(
@@ -517,10 +511,7 @@ impl SessionStore for SqliteStore {
             expires_at,
             now,
         };
-        match self.submit(job).await? {
-            1 => Ok(()),
-            _ => Err(StoreError::Conflict),
-        }
+        StoreError::unless_held(self.submit(job).await? == 1)
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
