@@ -15,23 +15,20 @@ use crate::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
 /// How many times a change is retried after losing a race before the caller is told to retry.
 const MAX_ATTEMPTS: usize = 1_000;
 
-/// What a client expects the stored version to be.
+/// What a version-checked write expects of the stored session (however the client said it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expected {
-    /// `metadata.version` in the body.
-    Body(u64),
-    /// An `If-Match: "<version>"` header.
-    IfMatch(u64),
-    /// `If-Match: *`: any existing version.
-    Any,
+pub enum Precondition {
+    /// Exactly this version.
+    Version(u64),
+    /// Any version, as long as the session exists.
+    AnyVersion,
 }
 
 /// A `saas-token` as the HTTP layer found it, verified for the path's tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaasToken {
+    /// None was sent, or it does not verify, or it is an access token rather than a saas-token.
     Missing,
-    /// It does not verify, or it is an access token rather than a saas-token.
-    Invalid,
     /// A valid saas-token that names another tenant.
     OtherTenant,
     /// A valid token for this customer of the path's tenant.
@@ -89,7 +86,7 @@ pub enum ServiceError {
     #[error("session not found")]
     NotFound,
     #[error("version mismatch")]
-    VersionMismatch { current: u64, expected: Expected },
+    VersionMismatch { current: u64 },
     #[error("saas-token missing or invalid")]
     SaasUnauthenticated,
     #[error("saas-token is for another customer")]
@@ -217,7 +214,7 @@ impl Sessions {
         &self,
         key: &SessionKey,
         req: &PutRequest,
-        expected: Option<Expected>,
+        expected: Option<Precondition>,
         upsert: bool,
         saas: &SaasToken,
     ) -> Result<Outcome, ServiceError> {
@@ -241,7 +238,7 @@ impl Sessions {
         key: &SessionKey,
         shopper: &Shopper,
         req: &PatchRequest,
-        expected: Option<Expected>,
+        expected: Option<Precondition>,
         upsert: bool,
     ) -> Result<Outcome, ServiceError> {
         let customer = shopper.customer.as_deref();
@@ -521,18 +518,15 @@ fn check_saas(saas: &SaasToken, customer: &str) -> Result<(), ServiceError> {
     match saas {
         SaasToken::Customer(c) if c == customer => Ok(()),
         SaasToken::Customer(_) | SaasToken::OtherTenant => Err(ServiceError::SaasForbidden),
-        SaasToken::Missing | SaasToken::Invalid => Err(ServiceError::SaasUnauthenticated),
+        SaasToken::Missing => Err(ServiceError::SaasUnauthenticated),
     }
 }
 
-fn check_expected(stored: &SessionContext, expected: Option<Expected>) -> Result<(), ServiceError> {
-    let expected = expected.ok_or(ServiceError::VersionRequired)?;
-    let version = match expected {
-        Expected::Any => return Ok(()),
-        Expected::Body(v) | Expected::IfMatch(v) => v,
-    };
-    rules::check_version(stored, version).map_err(|m| ServiceError::VersionMismatch {
-        current: m.current,
-        expected,
-    })
+fn check_expected(stored: &SessionContext, expected: Option<Precondition>) -> Result<(), ServiceError> {
+    match expected.ok_or(ServiceError::VersionRequired)? {
+        Precondition::AnyVersion => Ok(()),
+        Precondition::Version(version) => {
+            rules::check_version(stored, version).map_err(|m| ServiceError::VersionMismatch { current: m.current })
+        }
+    }
 }

@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use super::auth::ManagementPrincipal;
 use super::error::{ApiError, BodyErrors, SessionErrors, VersionErrors};
-use super::extract::{IfMatch, IfNoneMatch, JsonBody, Saas, SessionIdParam, Upsert, expected_version};
+use super::extract::{IfMatch, IfNoneMatch, JsonBody, Saas, SessionIdParam, Upsert, VersionCheck};
 use super::{AppState, no_content, read_response, write_response};
 use crate::domain::SessionKey;
 use crate::domain::request;
@@ -71,9 +71,13 @@ pub async fn put_context(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req = request::read_put(&body, &id).map_err(|d| ApiError::bad_request("Invalid session context", d))?;
-    let expected = expected_version(if_match, req.version);
+    let check = VersionCheck::new(if_match, req.version);
     let key = SessionKey::new(principal.tenant, &id);
-    let outcome = state.sessions.put(&key, &req, expected, upsert, &saas).await?;
+    let outcome = state
+        .sessions
+        .put(&key, &req, check.expected, upsert, &saas)
+        .await
+        .map_err(|e| check.refusal(e))?;
     Ok(write_response(outcome))
 }
 

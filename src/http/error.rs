@@ -18,7 +18,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::FieldError;
-use crate::service::{Expected, ServiceError};
+use crate::service::ServiceError;
 
 /// A failed request: what went wrong and, when one was addressed, which session.
 #[derive(Debug, Clone)]
@@ -231,11 +231,8 @@ impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         let kind = match err {
             ServiceError::NotFound => ErrorKind::SessionNotFound,
-            ServiceError::VersionMismatch {
-                current,
-                expected: Expected::IfMatch(_) | Expected::Any,
-            } => ErrorKind::PreconditionFailed { current },
-            ServiceError::VersionMismatch { current, .. } => ErrorKind::VersionConflict { current },
+            // A stale If-Match is 412 instead: `extract::VersionCheck::refusal` decides.
+            ServiceError::VersionMismatch { current } => ErrorKind::VersionConflict { current },
             ServiceError::SaasUnauthenticated => ErrorKind::Unauthenticated {
                 message: "A valid saas-token for the session's customer is required",
             },

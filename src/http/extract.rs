@@ -14,7 +14,7 @@ use super::error::{Addressed, ApiError, ErrorKind};
 use crate::auth::SaasRefused;
 use crate::domain::json;
 use crate::domain::validate::{self, FieldError};
-use crate::service::{Expected, SaasToken};
+use crate::service::{Precondition, SaasToken, ServiceError};
 
 /// The path's parameters, percent-decoded once per request and kept with it for every
 /// extractor that needs one (the principal its tenant, the handler its session id).
@@ -100,7 +100,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upsert {
 }
 
 /// An `If-Match` header: `"<version>"` or `*`.
-pub struct IfMatch(pub Option<Expected>);
+pub struct IfMatch(pub Option<Precondition>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
@@ -111,8 +111,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         };
         let text = value.to_str().unwrap_or("").trim();
         match validate::version_tag(text) {
-            Some(None) => Ok(IfMatch(Some(Expected::Any))),
-            Some(Some(version)) => Ok(IfMatch(Some(Expected::IfMatch(version)))),
+            Some(None) => Ok(IfMatch(Some(Precondition::AnyVersion))),
+            Some(Some(version)) => Ok(IfMatch(Some(Precondition::Version(version)))),
             None => Err(ApiError::invalid(FieldError::new(
                 "If-Match",
                 "invalid_format",
@@ -122,11 +122,33 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// Which version a PUT or PATCH expects: `If-Match` if sent (it is the HTTP-level
-/// precondition, so it wins over the body), else `metadata.version`. Neither is needed to
-/// create a session with `upsert=true`; updating one without either is refused by the use case.
-pub fn expected_version(if_match: Option<Expected>, body: Option<u64>) -> Option<Expected> {
-    if_match.or(body.map(Expected::Body))
+/// Which version a PUT or PATCH expects, and how the client said it: `If-Match` if sent (it
+/// is the HTTP-level precondition, so it wins over the body), else `metadata.version`. Neither
+/// is needed to create a session with `upsert=true`; updating one without either is refused by
+/// the use case.
+pub struct VersionCheck {
+    pub expected: Option<Precondition>,
+    by_header: bool,
+}
+
+impl VersionCheck {
+    pub fn new(if_match: Option<Precondition>, body: Option<u64>) -> Self {
+        VersionCheck {
+            by_header: if_match.is_some(),
+            expected: if_match.or(body.map(Precondition::Version)),
+        }
+    }
+
+    /// The answer to a refused write, the one place that tells 409 from 412: a stale
+    /// `metadata.version` is a conflict, a stale `If-Match` a failed precondition.
+    pub fn refusal(&self, error: ServiceError) -> ApiError {
+        match error {
+            ServiceError::VersionMismatch { current } if self.by_header => {
+                ErrorKind::PreconditionFailed { current }.into()
+            }
+            other => other.into(),
+        }
+    }
 }
 
 /// An `If-None-Match` header on a GET: the entity tags (`"3"`, `W/"3"`, a comma-separated
@@ -180,7 +202,7 @@ impl FromRequestParts<AppState> for Saas {
             }
             Err(SaasRefused::Invalid(e)) => {
                 tracing::debug!(reason = %e, "saas-token refused");
-                SaasToken::Invalid
+                SaasToken::Missing
             }
         }))
     }

@@ -7,7 +7,7 @@ use axum::response::Response;
 
 use super::auth::MePrincipal;
 use super::error::{ApiError, BodyErrors, SessionErrors, VersionErrors};
-use super::extract::{IfMatch, IfNoneMatch, JsonBody, Upsert, expected_version};
+use super::extract::{IfMatch, IfNoneMatch, JsonBody, Upsert, VersionCheck};
 use super::{AppState, no_content, read_response, write_response};
 use crate::domain::SessionKey;
 use crate::domain::request;
@@ -87,8 +87,12 @@ pub async fn patch_me(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req = request::read_patch(&body).map_err(|d| ApiError::bad_request("Invalid session context", d))?;
-    let expected = expected_version(if_match, req.version);
+    let check = VersionCheck::new(if_match, req.version);
     let key = SessionKey::new(me.tenant, &me.session_id);
-    let outcome = state.sessions.patch(&key, &me.shopper, &req, expected, upsert).await?;
+    let outcome = state
+        .sessions
+        .patch(&key, &me.shopper, &req, check.expected, upsert)
+        .await
+        .map_err(|e| check.refusal(e))?;
     Ok(write_response(outcome))
 }
