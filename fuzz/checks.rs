@@ -1,5 +1,5 @@
 //! What each fuzz target asserts, as plain functions: the `cargo fuzz` targets in
-//! `fuzz_targets/` call them with the fuzzer's input, and `tests/fuzz_regressions.rs` in the
+//! `fuzz_targets/` call them with the fuzzer's input, and `tests/api/fuzz_regressions.rs` in the
 //! main crate calls them with every committed seed and every input that once found a bug
 //! (`fuzz/regressions/<target>/`), so `cargo test` replays them without a fuzzer.
 //! A panic is a finding.

@@ -9,8 +9,8 @@
 # its own properties (fuzz/checks.rs), so a panic is a finding.
 #
 # Every crash becomes a regression test: the script minimizes it and copies it to
-# fuzz/regressions/<target>/, which `cargo test` replays (tests/fuzz_regressions.rs). It then
-# exits 1. Fix the bug, check that `cargo test --test fuzz_regressions` passes, and commit the
+# fuzz/regressions/<target>/, which `cargo test` replays (tests/api/fuzz_regressions.rs). It then
+# exits 1. Fix the bug, check that `cargo test --test api fuzz_regressions::` passes, and commit the
 # input together with the fix.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
@@ -38,7 +38,7 @@ for target in "${targets[@]}"; do
         else
             cp "$artifact" "regressions/$target/$name"
         fi
-        echo "   -> fuzz/regressions/$target/$name (replayed by cargo test --test fuzz_regressions)"
+        echo "   -> fuzz/regressions/$target/$name (replayed by cargo test --test api fuzz_regressions::)"
         found=1
     done
 done

@@ -1,5 +1,6 @@
-//! Shared test helpers: an in-process app on any backend with a manual clock, token minting,
-//! and a one-call request helper.
+//! Shared test helpers of the three test binaries (`stores`, `api`, `process`): an in-process
+//! app on any backend with a manual clock, token minting, a one-call request helper, and the
+//! macros that run a test on each backend.
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod browser;
@@ -79,6 +80,21 @@ impl Backend {
     pub fn available(self) -> bool {
         self.url_variable().is_none() || self.server_url().is_some()
     }
+
+    /// For a test on the shared Redis Cluster, a share of it for as long as the guard lives:
+    /// the outage test, which pauses every node, waits for all shares to end and holds off new
+    /// ones ([`pause_shared_cluster`]). Tests run side by side within a binary, and the
+    /// cluster is shared by all of them. `None` for the other backends.
+    pub async fn share(self) -> Option<tokio::sync::RwLockReadGuard<'static, ()>> {
+        (self == Backend::RedisCluster).then_some(SHARED_CLUSTER.read().await)
+    }
+}
+
+static SHARED_CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The shared Redis Cluster to this test alone, for as long as the guard lives.
+pub async fn pause_shared_cluster() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    SHARED_CLUSTER.write().await
 }
 
 /// The tests' policy: anonymous sessions idle out after [`TTL`]; nothing else.
@@ -370,7 +386,7 @@ macro_rules! on_every_backend {
     };
 }
 
-/// One module of tests on one backend.
+/// One module of tests on one backend; each test holds its share of the shared Redis Cluster.
 #[macro_export]
 macro_rules! on_backend {
     ($module:ident, $backend:ident, $($name:ident),* $(,)?) => {
@@ -379,9 +395,11 @@ macro_rules! on_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let backend = $crate::common::Backend::$backend;
-                    if backend.available() {
-                        super::$name(backend).await
+                    if !backend.available() {
+                        return;
                     }
+                    let _share = backend.share().await;
+                    super::$name(backend).await
                 }
             )*
         }

@@ -1,11 +1,11 @@
 //! A Redis Cluster whose nodes all stop answering under a running service: 503 within a
-//! bounded time, not ready, then recovery by itself. In its own test binary because it pauses
-//! the shared cluster, which must not disturb the other cluster tests.
+//! bounded time, not ready, then recovery by itself. It pauses the shared cluster, which must
+//! not disturb the other tests on it: it holds the cluster alone
+//! ([`pause_shared_cluster`](crate::common::pause_shared_cluster)), so it waits for the tests
+//! that use the cluster to end, and those that start meanwhile wait for it.
 
-mod common;
-
-use common::server::{outage_and_recovery, start};
-use common::*;
+use crate::common::server::{outage_and_recovery, start};
+use crate::common::*;
 
 /// A cluster's nodes advertise their own addresses, so a proxy cannot stand in for them:
 /// instead every node stops answering clients for a few seconds (`CLIENT PAUSE`).
@@ -34,8 +34,16 @@ async fn an_unresponsive_cluster_gives_503_then_recovers(backend: Backend) {
     outage_and_recovery(&server, pause, async || {}).await;
 }
 
-on_backend!(
-    redis_cluster_outage,
-    RedisCluster,
-    an_unresponsive_cluster_gives_503_then_recovers
-);
+mod redis_cluster_outage {
+    use crate::common::{Backend, pause_shared_cluster};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unresponsive_cluster_gives_503_then_recovers() {
+        let backend = Backend::RedisCluster;
+        if !backend.available() {
+            return;
+        }
+        let _alone = pause_shared_cluster().await;
+        super::an_unresponsive_cluster_gives_503_then_recovers(backend).await
+    }
+}

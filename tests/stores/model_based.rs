@@ -5,18 +5,17 @@
 //! stored sessions must agree; the reads that check them are uses too, and extend expiry in the
 //! model as in the service.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, START, open_store};
+use crate::common::{Backend, START, open_store};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value, json};
 use session_context::clock::ManualClock;
 use session_context::domain::{FieldChange, Lifetime, PutRequest, TextField};
-use session_context::service::{Caller, Expected, Outcome, Policy, SaasToken, ServiceError, Sessions, Shopper};
+use session_context::service::{Caller, Outcome, Policy, Precondition, SaasToken, ServiceError, Sessions, Shopper};
 use session_context::store::SessionKey;
 
 const TTL_MS: i64 = 60 * 60 * 1000;
@@ -266,7 +265,7 @@ async fn apply_to_service(
             let saas = SaasToken::Customer("C1".into());
             answer(
                 sessions
-                    .put(&key(*id), &req, Some(Expected::Body(expected)), *upsert, &saas)
+                    .put(&key(*id), &req, Some(Precondition::Version(expected)), *upsert, &saas)
                     .await,
             )
         }
@@ -328,6 +327,7 @@ fn run_sequence(backend: Backend, ops: &[Op]) {
         .build()
         .unwrap();
     runtime.block_on(async {
+        let _share = backend.share().await;
         let (store, _dir) = open_store(backend).await;
         let clock = Arc::new(ManualClock::new(START));
         let policy = Policy {
@@ -352,8 +352,13 @@ fn run_sequence(backend: Backend, ops: &[Op]) {
 
 macro_rules! model_test {
     ($name:ident, $backend:ident, $cases:expr) => {
+        // Failures are kept in `model_based.proptest-regressions` next to this file.
         proptest! {
-            #![proptest_config(ProptestConfig { cases: $cases, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig {
+                cases: $cases,
+                failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+                ..ProptestConfig::default()
+            })]
             #[test]
             fn $name(ops in prop::collection::vec(op(), 1..24)) {
                 if Backend::$backend.available() {

@@ -2,11 +2,9 @@
 //! compares, so these tests pin down exactly that: loads, conditional writes, expiry, deletes,
 //! moving an expiry, sweeps, tenant separation and atomicity under concurrent writers.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{Backend, open_store};
+use crate::common::{Backend, open_store};
 use session_context::store::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
 
 const NOW: i64 = 1_000_000;
@@ -498,7 +496,7 @@ async fn old_record_loads_as_generation_zero_and_updates(store: &dyn SessionStor
 /// A hash written before sessions had a generation (no `g` field) loads as generation 0 and
 /// can still be updated.
 async fn redis_reads_records_written_before_generations(backend: Backend) {
-    let url = common::namespaced_url(backend).await;
+    let url = crate::common::namespaced_url(backend).await;
     let prefix = url.rsplit_once("prefix=").unwrap().1.to_owned();
     let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
     let base = backend.server_url().unwrap();
@@ -521,7 +519,7 @@ on_backend!(redis_upgrade, Redis, redis_reads_records_written_before_generations
 /// A database migrated by an earlier release (only the first migration) is brought up to date
 /// at start, and its sessions load as generation 0 and can still be updated.
 async fn postgres_upgrades_a_first_release_database(backend: Backend) {
-    let url = common::namespaced_url(backend).await;
+    let url = crate::common::namespaced_url(backend).await;
     let first_only = tempfile::tempdir().unwrap();
     let name = "0001_sessions.sql";
     let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");

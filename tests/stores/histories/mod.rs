@@ -14,11 +14,9 @@
 //! `checker.rs`, and here a store that skips the version check is caught losing updates.
 //!
 //! In CI each store gets a short run. For longer ones (rounds of fresh sessions until a time
-//! bound): `scripts/histories.sh`, or `HISTORY_SECONDS=600 cargo test --release --test histories`.
+//! bound): `scripts/histories.sh`, or
+//! `HISTORY_SECONDS=600 cargo test --release --test stores histories::`.
 //! `HISTORY_SEED` replays a run's choices; `HISTORY_CLIENTS` and `HISTORY_OPS` size a round.
-
-#[path = "../common/mod.rs"]
-mod common;
 
 mod checker;
 mod model;
@@ -27,10 +25,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::server::{Server, start, start_at};
+use crate::common::*;
 use async_trait::async_trait;
 use axum::http::Method;
-use common::server::{Server, start, start_at};
-use common::*;
 use model::{Context, Input, Output, Session};
 use serde_json::{Value, json};
 use session_context::clock::Millis;
@@ -110,7 +108,7 @@ impl Target {
                     .method(method)
                     .uri(path)
                     .header("authorization", format!("Bearer {token}"))
-                    .header("saas-token", common::saas("C1"));
+                    .header("saas-token", crate::common::saas("C1"));
                 let body = match body {
                     Some(body) => {
                         request = request.header("content-type", "application/json");
@@ -243,8 +241,8 @@ async fn client(
 ) -> Vec<(usize, Operation)> {
     let mut rng = Rng(seed | 1);
     let manager = manager();
-    let anonymous: Vec<String> = ids.iter().map(|s| common::anonymous(s)).collect();
-    let customers: Vec<String> = ids.iter().map(|s| common::customer(s, "C1")).collect();
+    let anonymous: Vec<String> = ids.iter().map(|s| crate::common::anonymous(s)).collect();
+    let customers: Vec<String> = ids.iter().map(|s| crate::common::customer(s, "C1")).collect();
     // The version this client believes each session is at.
     let mut known = vec![1u64; ids.len()];
     let mut history = Vec::new();

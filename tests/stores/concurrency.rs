@@ -2,14 +2,12 @@
 //! loses an update, concurrent attribute changes all survive, and a change never lands on a
 //! session created anew after the one it read.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::common::*;
 use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
-use common::*;
 use serde_json::json;
 use session_context::clock::Millis;
 use session_context::store::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};

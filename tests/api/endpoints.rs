@@ -1,16 +1,9 @@
 //! The HTTP suite: every row of the contract through the real router, in process, on every
 //! backend, with a manual clock for expiry.
 
-mod common;
-#[path = "http_api/cors.rs"]
-mod cors;
-
+use crate::common::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::*;
-
-#[path = "http_api/journey.rs"]
-mod journey;
 use serde_json::{Value, json};
 
 const SID: &str = "62528895-b561-4518-bfdc-2cbf52a07845";
@@ -1173,7 +1166,7 @@ on_every_backend!(
 /// invited to send it. A body within the limit still gets its `100 Continue`.
 #[test]
 fn a_declared_body_over_the_limit_gets_413_at_once_without_100_continue() {
-    use common::server::{Server, secret};
+    use crate::common::server::{Server, secret};
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};

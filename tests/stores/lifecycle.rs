@@ -1,12 +1,10 @@
 //! The background sweep: expired sessions are removed from storage (not only hidden), the
 //! sweep is counted in the metrics, and it stops when told to.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use axum::http::Method;
-use common::*;
 use serde_json::json;
 use session_context::startup::spawn_sweeper;
 use session_context::store::SessionKey;

@@ -4,15 +4,13 @@
 //! PATH (Debian's redis-server is built with TLS); without them the tests say SKIPPED, under
 //! `CI=true` they fail.
 
-mod common;
-
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{service_round_trip, start};
-use common::{store_round_trip, tool_available, unique_name};
+use crate::common::server::{service_round_trip, start};
+use crate::common::{store_round_trip, tool_available, unique_name};
 use session_context::store;
 
 /// TLS-only redis-servers on free ports, killed when dropped.

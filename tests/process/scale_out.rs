@@ -1,13 +1,11 @@
 //! Shared stores as they are deployed: several real service processes on one store, and the
 //! store taken away and brought back under a running service.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::proxy::Proxy;
-use common::server::{Server, context_url, outage_and_recovery, read, readiness, start};
-use common::*;
+use crate::common::proxy::Proxy;
+use crate::common::server::{Server, context_url, outage_and_recovery, read, readiness, start};
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -3,14 +3,12 @@
 //! a body that never finishes gets 408 with the contract's body, and a management token cannot
 //! take over a customer's session by deleting and re-creating it.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{Server, secret};
-use common::{context_path, customer, manager, me_path, sign};
+use crate::common::server::{Server, secret};
+use crate::common::{context_path, customer, manager, me_path, sign};
 use serde_json::{Value, json};
 use session_context::auth::mint::TokenSpec;
 
@@ -397,7 +395,7 @@ async fn an_http2_stream_flood_is_bounded_by_the_inflight_body_budget() {
     const BUDGET: u64 = 8 * 1024 * 1024;
     let budget = BUDGET.to_string();
     let server = start(&["--max-inflight-body-bytes", &budget, "--request-timeout", "30s"]);
-    let token = common::anonymous("flood");
+    let token = crate::common::anonymous("flood");
     // Warm up, then measure.
     let (mut warm, _running, limit) = h2_connect(&server).await;
     let (answer, _) = warm

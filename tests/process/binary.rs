@@ -1,8 +1,6 @@
 //! The real binary, as an operator runs it: start, serve over HTTP, stop with SIGTERM, crash
 //! with SIGKILL in the middle of a write load and find every acknowledged write after a restart.
 
-mod common;
-#[path = "binary/cors.rs"]
 mod cors;
 
 use std::path::Path;
@@ -11,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::server::{BIN, Server};
+use crate::common::server::{BIN, Server};
 use serde_json::{Value, json};
 
 const SECRET: &str = "binary-test-secret-binary-test-secret";
@@ -38,11 +36,11 @@ fn sqlite_args(dir: &Path) -> Vec<String> {
 /// Kills the service with SIGKILL in the middle of a write load, restarts it on the same store,
 /// and finds every write it had acknowledged. (On Redis this tests the service, not Redis: what a
 /// restart of Redis itself keeps depends on its persistence settings, see docs/OPERATIONS.md.)
-async fn acknowledged_writes_survive_kill_9(backend: common::Backend) {
+async fn acknowledged_writes_survive_kill_9(backend: crate::common::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let store = match backend {
-        common::Backend::Sqlite => format!("sqlite://{}", dir.path().join("db/sessions.db").display()),
-        other => common::namespaced_url(other).await,
+        crate::common::Backend::Sqlite => format!("sqlite://{}", dir.path().join("db/sessions.db").display()),
+        other => crate::common::namespaced_url(other).await,
     };
     let args = ["--store", store.as_str(), "--jwt-secret", SECRET];
     let manager = token(&["--scope", "session_context.context_manage"]);
@@ -273,18 +271,18 @@ on_backend!(kill_9_redis_cluster, RedisCluster, acknowledged_writes_survive_kill
 /// they never queue behind the stalled write. Afterwards the service works normally, the stalled
 /// session holds its old state or its new one, and a retry of the stalled write with the same
 /// version is safe. On private redis-servers: the pause stops a whole server.
-async fn reads_are_answered_while_writes_are_paused(redis: common::redis_server::PrivateRedis) {
-    use common::server::{context_url, create_in_euros, read, readiness, start};
+async fn reads_are_answered_while_writes_are_paused(redis: crate::common::redis_server::PrivateRedis) {
+    use crate::common::server::{context_url, create_in_euros, read, readiness, start};
 
     let server = start(&format!("{}?response_timeout=1s", redis.url()));
     let client = reqwest::Client::new();
     // Another session on the server that holds "a" (on a cluster, a single connection to each
     // node would queue it behind the stalled write).
-    let home = redis.port_of(&format!("{}:a", common::TENANT)).await;
+    let home = redis.port_of(&format!("{}:a", crate::common::TENANT)).await;
     let mut other = None;
     for n in 0.. {
         let id = format!("b{n}");
-        if redis.port_of(&format!("{}:{id}", common::TENANT)).await == home {
+        if redis.port_of(&format!("{}:{id}", crate::common::TENANT)).await == home {
             other = Some(id);
             break;
         }
@@ -295,7 +293,7 @@ async fn reads_are_answered_while_writes_are_paused(redis: common::redis_server:
     let put_dollars = |id: &str| {
         client
             .put(context_url(&server, id))
-            .bearer_auth(common::manager())
+            .bearer_auth(crate::common::manager())
             .json(&json!({"currency": "USD", "metadata": {"version": 1}}))
             .send()
     };
@@ -361,7 +359,7 @@ async fn reads_are_answered_while_writes_are_paused(redis: common::redis_server:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_reads_are_answered_while_writes_are_paused() {
-    let Some(redis) = common::redis_server::PrivateRedis::start() else {
+    let Some(redis) = crate::common::redis_server::PrivateRedis::start() else {
         return;
     };
     reads_are_answered_while_writes_are_paused(redis).await;
@@ -369,7 +367,7 @@ async fn redis_reads_are_answered_while_writes_are_paused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_reads_are_answered_while_writes_are_paused() {
-    let Some(redis) = common::redis_server::PrivateRedis::start_cluster() else {
+    let Some(redis) = crate::common::redis_server::PrivateRedis::start_cluster() else {
         return;
     };
     reads_are_answered_while_writes_are_paused(redis).await;
@@ -399,16 +397,22 @@ async fn assert_unavailable(response: reqwest::Response, what: &str) {
 /// Writes that a test expects to be refused: a creation, and an attribute on `existing`.
 async fn refused_writes(client: &reqwest::Client, server: &Server, new_id: &str, existing: &str) {
     let created = client
-        .put(format!("{}?upsert=true", common::server::context_url(server, new_id)))
-        .bearer_auth(common::manager())
+        .put(format!(
+            "{}?upsert=true",
+            crate::common::server::context_url(server, new_id)
+        ))
+        .bearer_auth(crate::common::manager())
         .json(&json!({"currency": "EUR", "context": {"note": "x".repeat(2000)}, "metadata": {"version": 1}}))
         .send()
         .await
         .unwrap();
     assert_unavailable(created, &format!("PUT {new_id}")).await;
     let attribute = client
-        .post(format!("{}/attributes", common::server::context_url(server, existing)))
-        .bearer_auth(common::manager())
+        .post(format!(
+            "{}/attributes",
+            crate::common::server::context_url(server, existing)
+        ))
+        .bearer_auth(crate::common::manager())
         .json(&json!({"key": "later", "value": "y".repeat(2000)}))
         .send()
         .await
@@ -424,10 +428,10 @@ async fn a_deleted_sqlite_file_acknowledges_no_write() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.sqlite");
     let url = format!("sqlite://{}", db.display());
-    let server = common::server::start(&url);
+    let server = crate::common::server::start(&url);
     let client = reqwest::Client::new();
-    common::server::create_in_euros(&client, &server, "before").await;
-    assert_eq!(common::server::readiness(&client, &server).await, 200);
+    crate::common::server::create_in_euros(&client, &server, "before").await;
+    assert_eq!(crate::common::server::readiness(&client, &server).await, 200);
 
     let deleted = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -435,7 +439,7 @@ async fn a_deleted_sqlite_file_acknowledges_no_write() {
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let (client, deleted, stop, written) = (client.clone(), deleted.clone(), stop.clone(), written.clone());
-            let base = common::server::context_url(&server, "");
+            let base = crate::common::server::context_url(&server, "");
             tokio::spawn(async move {
                 // (id, status) of every write sent after the files were gone
                 let mut after_delete = Vec::new();
@@ -447,7 +451,7 @@ async fn a_deleted_sqlite_file_acknowledges_no_write() {
                     let id = format!("w{w}-{n}");
                     let status = client
                         .put(format!("{base}{id}?upsert=true"))
-                        .bearer_auth(common::manager())
+                        .bearer_auth(crate::common::manager())
                         .json(&json!({"currency": "EUR", "metadata": {"version": 1}}))
                         .send()
                         .await
@@ -485,19 +489,19 @@ async fn a_deleted_sqlite_file_acknowledges_no_write() {
         &answered[..answered.len().min(5)]
     );
     refused_writes(&client, &server, "after", "before").await;
-    assert_eq!(common::server::readiness(&client, &server).await, 503);
+    assert_eq!(crate::common::server::readiness(&client, &server).await, 503);
     tokio::time::sleep(Duration::from_millis(700)).await; // past any cached readiness
     assert_eq!(
-        common::server::readiness(&client, &server).await,
+        crate::common::server::readiness(&client, &server).await,
         503,
         "it stays unready"
     );
     println!("{} writes sent after the delete, all refused", after_delete.len());
 
     drop(server);
-    let restarted = common::server::start(&url);
+    let restarted = crate::common::server::start(&url);
     for id in after_delete.iter().map(|(id, _)| id.as_str()).chain(["after"]) {
-        let (status, body) = common::server::read(&client, &restarted, id).await;
+        let (status, body) = crate::common::server::read(&client, &restarted, id).await;
         assert_eq!(status, 404, "{id}, written after the delete, exists: {body}");
     }
 }
@@ -510,8 +514,8 @@ async fn a_replaced_sqlite_file_acknowledges_no_write() {
     let (db, other) = (dir.path().join("db.sqlite"), dir.path().join("other.sqlite"));
     let client = reqwest::Client::new();
     {
-        let mut server = common::server::start(&format!("sqlite://{}", other.display()));
-        common::server::create_in_euros(&client, &server, "from-the-other-file").await;
+        let mut server = crate::common::server::start(&format!("sqlite://{}", other.display()));
+        crate::common::server::create_in_euros(&client, &server, "from-the-other-file").await;
         server.signal("TERM");
         assert!(server.wait_exit(Duration::from_secs(8)).success());
         // Fold what a WAL may still hold into the file: `other` is then one file.
@@ -528,22 +532,22 @@ async fn a_replaced_sqlite_file_acknowledges_no_write() {
         );
     }
     let url = format!("sqlite://{}", db.display());
-    let server = common::server::start(&url);
-    common::server::create_in_euros(&client, &server, "before").await;
-    assert_eq!(common::server::readiness(&client, &server).await, 200);
+    let server = crate::common::server::start(&url);
+    crate::common::server::create_in_euros(&client, &server, "before").await;
+    assert_eq!(crate::common::server::readiness(&client, &server).await, 200);
 
     std::fs::rename(&other, &db).unwrap();
     refused_writes(&client, &server, "after", "before").await;
-    assert_eq!(common::server::readiness(&client, &server).await, 503);
+    assert_eq!(crate::common::server::readiness(&client, &server).await, 503);
     // Reads are refused too: a new reading connection would open the replacement.
-    let (status, body) = common::server::read(&client, &server, "before").await;
+    let (status, body) = crate::common::server::read(&client, &server, "before").await;
     assert_eq!(status, 503, "{body}");
 
     drop(server);
-    let restarted = common::server::start(&url);
+    let restarted = crate::common::server::start(&url);
     let found = |id: &'static str| {
         let (client, restarted) = (client.clone(), &restarted);
-        async move { common::server::read(&client, restarted, id).await.0 }
+        async move { crate::common::server::read(&client, restarted, id).await.0 }
     };
     assert_eq!(found("from-the-other-file").await, 200, "the replacement is served");
     assert_eq!(found("after").await, 404, "a write refused with 503 was stored");
@@ -554,7 +558,7 @@ async fn a_replaced_sqlite_file_acknowledges_no_write() {
 async fn wait_for_readiness(client: &reqwest::Client, server: &Server, status: u16, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now = common::server::readiness(client, server).await;
+        let now = crate::common::server::readiness(client, server).await;
         if now.as_u16() == status {
             return;
         }
@@ -624,10 +628,10 @@ async fn a_full_disk_turns_writes_and_readiness_to_503_until_space_returns() {
         Err(e) => return full_disk_fallback(dir.path(), &e).await,
     };
     let db = dir.path().join("db.sqlite");
-    let server = common::server::start(&format!("sqlite://{}", db.display()));
+    let server = crate::common::server::start(&format!("sqlite://{}", db.display()));
     let client = reqwest::Client::new();
-    common::server::create_in_euros(&client, &server, "before").await;
-    assert_eq!(common::server::readiness(&client, &server).await, 200);
+    crate::common::server::create_in_euros(&client, &server, "before").await;
+    assert_eq!(crate::common::server::readiness(&client, &server).await, 200);
 
     let filler = dir.path().join("filler");
     fill_until_full(&filler);
@@ -635,14 +639,14 @@ async fn a_full_disk_turns_writes_and_readiness_to_503_until_space_returns() {
     for n in 0..5 {
         refused_writes(&client, &server, &format!("full{n}"), "before").await;
     }
-    assert_eq!(common::server::readiness(&client, &server).await, 503);
-    let (status, body) = common::server::read(&client, &server, "before").await;
+    assert_eq!(crate::common::server::readiness(&client, &server).await, 503);
+    let (status, body) = crate::common::server::read(&client, &server, "before").await;
     assert_eq!(status, 200, "reads need no space: {body}");
 
     std::fs::remove_file(&filler).unwrap();
     wait_for_readiness(&client, &server, 200, "space is back").await;
-    common::server::create_in_euros(&client, &server, "after").await;
-    let (status, body) = common::server::read(&client, &server, "after").await;
+    crate::common::server::create_in_euros(&client, &server, "after").await;
+    let (status, body) = crate::common::server::read(&client, &server, "after").await;
     assert_eq!((status.as_u16(), &body["currency"]), (200, &json!("EUR")), "{body}");
     drop(server);
 }
@@ -665,9 +669,9 @@ async fn full_disk_fallback(dir: &Path, mount_error: &str) {
          that refuses new files instead of a full disk (writes are not checked)"
     );
     let data = dir.join("data");
-    let server = common::server::start(&format!("sqlite://{}", data.join("db.sqlite").display()));
+    let server = crate::common::server::start(&format!("sqlite://{}", data.join("db.sqlite").display()));
     let client = reqwest::Client::new();
-    common::server::create_in_euros(&client, &server, "before").await;
+    crate::common::server::create_in_euros(&client, &server, "before").await;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
     wait_for_readiness(&client, &server, 503, "the directory refuses new files").await;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();

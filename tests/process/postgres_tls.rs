@@ -3,15 +3,13 @@
 //! and a certificate authority made by `openssl`. Needs PostgreSQL's server binaries and
 //! openssl; without them the tests say SKIPPED, under `CI=true` they fail.
 
-mod common;
-
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{service_round_trip, start};
-use common::{store_round_trip, tool_available};
+use crate::common::server::{service_round_trip, start};
+use crate::common::{store_round_trip, tool_available};
 use session_context::store;
 
 /// The directory of `initdb` and `postgres`: on the PATH, or Debian's newest under

@@ -1,10 +1,8 @@
 //! The token matrix: every kind of bad or insufficient token, on every endpoint, answered
 //! with 401 (plus `WWW-Authenticate: Bearer`) or 403, and nothing stored changes.
 
-mod common;
-
+use crate::common::*;
 use axum::http::{Method, StatusCode};
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use session_context::auth::mint::TokenSpec;

@@ -3,7 +3,7 @@
 //! `scripts/fuzz.sh` puts each new crash, minimized). The checks are the fuzz targets' own
 //! (`fuzz/checks.rs`), so a bug the fuzzer found stays found.
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::path::{Path, PathBuf};

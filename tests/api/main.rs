@@ -1,0 +1,19 @@
+//! The API in process: the router with a manual clock.
+//!
+//! - `endpoints`: the HTTP suite, every row of the contract through the router;
+//! - `journey`: the shopper's journey (lifetimes, login adoption, first use, logout);
+//! - `auth_matrix`: every kind of bad or insufficient token on every endpoint;
+//! - `cors`: browser storefronts through the router;
+//! - `fuzz_regressions`: every committed fuzz input replayed through the fuzz targets' checks.
+//!
+//! Run one part with a filter: `cargo test --test api journey::`.
+
+#[path = "../common/mod.rs"]
+#[macro_use]
+mod common;
+
+mod auth_matrix;
+mod cors;
+mod endpoints;
+mod fuzz_regressions;
+mod journey;

@@ -1,0 +1,22 @@
+//! The real binary, as operators and attackers meet it: processes started on port 0 and talked
+//! to over HTTP (and raw TCP and HTTP/2), on real stores and servers.
+//!
+//! - `binary`: start, SIGTERM, SIGKILL under load, the command line, the SQLite file taken away
+//!   or the disk full, Redis with writes paused; `binary::cors`: a storefront in headless Chromium;
+//! - `attacks`: slow headers, the connection cap, unfinished bodies, memory under hostile clients;
+//! - `scale_out`: several processes on one shared store, the store taken away and brought back;
+//! - `cluster_outage`: every Redis Cluster node paused under a running service;
+//! - `postgres_tls`, `redis_tls`: the stores over TLS with a private certificate authority.
+//!
+//! Run one part with a filter: `cargo test --test process attacks::`.
+
+#[path = "../common/mod.rs"]
+#[macro_use]
+mod common;
+
+mod attacks;
+mod binary;
+mod cluster_outage;
+mod postgres_tls;
+mod redis_tls;
+mod scale_out;

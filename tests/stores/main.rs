@@ -1,0 +1,22 @@
+//! The stores, each of memory, SQLite, PostgreSQL, Redis and Redis Cluster, against the
+//! contract:
+//!
+//! - `store_contract`: the `SessionStore` contract suite, written once and run on every store;
+//! - `concurrency`: many writers on one session, through the router; nothing is lost;
+//! - `model_based`: random operation sequences through the use cases, compared step by step
+//!   with a model of the contract, the clock moving past idle timeouts and the anonymous cap;
+//! - `histories`: concurrent clients on real service processes, each session's history
+//!   checked for linearizability against a sequential model (`histories::checker`);
+//! - `lifecycle`: the background sweep removes expired sessions from storage.
+//!
+//! Run one part with a filter: `cargo test --test stores histories::`.
+
+#[path = "../common/mod.rs"]
+#[macro_use]
+mod common;
+
+mod concurrency;
+mod histories;
+mod lifecycle;
+mod model_based;
+mod store_contract;
