@@ -3,10 +3,12 @@
 //!
 //! - `store_contract`: the `SessionStore` contract suite, written once and run on every store;
 //! - `concurrency`: many writers on one session, through the router; nothing is lost;
+//! - `model`: the one sequential model of the contract (`apply(state, input, now)`), which
+//!   both of the next two check against;
 //! - `model_based`: random operation sequences through the use cases, compared step by step
-//!   with a model of the contract, the clock moving past idle timeouts and the anonymous cap;
+//!   with the model, the clock moving past idle timeouts and the anonymous cap;
 //! - `histories`: concurrent clients on real service processes, each session's history
-//!   checked for linearizability against a sequential model (`histories::checker`);
+//!   checked for linearizability against the model (`histories::checker`);
 //! - `lifecycle`: the background sweep removes expired sessions from storage.
 //!
 //! Run one part with a filter: `cargo test --test stores histories::`.
@@ -18,5 +20,6 @@ mod common;
 mod concurrency;
 mod histories;
 mod lifecycle;
+mod model;
 mod model_based;
 mod store_contract;

@@ -1,26 +1,32 @@
 //! Model-based testing: random sequences of operations (PUT, attribute set and remove, delete,
 //! a login that adopts an anonymous session, the clock moving past the idle timeout and the
-//! absolute cap of anonymous sessions) applied to the real use cases on every store and to a
-//! tiny model of the contract written independently here. After every step the answers and the
-//! stored sessions must agree; the reads that check them are uses too, and extend expiry in the
-//! model as in the service.
+//! absolute cap of anonymous sessions) applied to the real use cases on every store and to the
+//! one model of the contract (`model.rs`). After every step the answers and the stored sessions
+//! must agree; the reads that check them are uses too, and extend expiry in the model as in the
+//! service.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{Backend, START, open_store};
+use crate::model::{CUSTOMER, Contract, Input, Output, State, View};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value, json};
 use session_context::clock::ManualClock;
 use session_context::domain::{FieldChange, Lifetime, PutRequest, TextField};
-use session_context::service::{Caller, Outcome, Policy, Precondition, SaasToken, ServiceError, Sessions, Shopper};
+use session_context::service::{
+    Caller, Outcome, Policy, Precondition, SaasToken, ServiceError, Sessions, Shopper, Snapshot,
+};
 use session_context::store::SessionKey;
 
-const TTL_MS: i64 = 60 * 60 * 1000;
-/// The absolute cap of anonymous sessions (`--anonymous-max-age`).
-const MAX_AGE_MS: i64 = 150 * 60 * 1000;
+/// Anonymous sessions idle out after an hour, and end 150 minutes after they were created
+/// (`--anonymous-max-age`) however much they are used; customer sessions do not expire.
+const CONTRACT: Contract = Contract {
+    idle: Some(60 * 60 * 1000),
+    max_age: Some(150 * 60 * 1000),
+};
 const IDS: [&str; 2] = ["a", "b"];
 const KEYS: [&str; 2] = ["k1", "k2"];
 
@@ -54,6 +60,20 @@ enum Op {
     },
 }
 
+impl Op {
+    /// The session the operation is on (the clock's move: none, so the first).
+    fn id(&self) -> usize {
+        match self {
+            Op::Put { id, .. }
+            | Op::SetAttribute { id, .. }
+            | Op::RemoveAttribute { id, .. }
+            | Op::Delete { id }
+            | Op::Login { id } => *id,
+            Op::Advance { .. } => 0,
+        }
+    }
+}
+
 fn change<T: Clone + std::fmt::Debug + 'static>(values: Vec<T>) -> impl Strategy<Value = Option<Option<T>>> {
     prop_oneof![
         Just(None),
@@ -74,249 +94,145 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The contract, as little code as it takes.
-#[derive(Debug, Clone, PartialEq)]
-struct Model {
-    version: u64,
-    currency: Option<String>,
-    customer: Option<String>,
-    context: BTreeMap<String, Value>,
-    created_at: i64,
-    expires_at: Option<i64>,
-}
-
-impl Model {
-    /// A change at `t`: the expiry starts over (within the cap; customers never expire).
-    fn changed(&mut self, t: i64) {
-        self.version += 1;
-        self.expires_at = self.expiry(t);
-    }
-
-    fn expiry(&self, t: i64) -> Option<i64> {
-        self.customer
-            .is_none()
-            .then(|| (t + TTL_MS).min(self.created_at + MAX_AGE_MS))
-    }
-
-    /// A use at `t` that changes nothing: the expiry moves on only when less than half of the
-    /// idle timeout is left, and only forwards.
-    fn used(&mut self, t: i64) {
-        if let (Some(current), Some(next)) = (self.expires_at, self.expiry(t))
-            && (current - t) * 2 < TTL_MS
-            && next > current
-        {
-            self.expires_at = Some(next);
-        }
-    }
-}
-
-/// What an operation answered, reduced to what the contract specifies.
-#[derive(Debug, PartialEq)]
-enum Answer {
-    Created(u64),
-    Updated(u64),
-    Unchanged,
-    NotFound,
-    Conflict(u64),
-    Read(u64),
-}
-
-fn answer(result: Result<Outcome, ServiceError>) -> Answer {
+/// What the use cases answered, as the model's output.
+fn output(result: Result<Outcome, ServiceError>) -> Output {
     match result {
-        Ok(Outcome::Created { version }) => Answer::Created(version),
-        Ok(Outcome::Updated { version }) => Answer::Updated(version),
-        Ok(Outcome::Unchanged) => Answer::Unchanged,
-        Err(ServiceError::NotFound) => Answer::NotFound,
-        Err(ServiceError::VersionMismatch { current, .. }) => Answer::Conflict(current),
+        Ok(Outcome::Created { version }) => Output::Created { version },
+        Ok(Outcome::Updated { version }) => Output::Updated { version },
+        Ok(Outcome::Unchanged) => Output::Unchanged,
+        Err(ServiceError::NotFound) => Output::Missing,
+        Err(ServiceError::VersionMismatch { current, .. }) => Output::Conflict { current },
         Err(other) => panic!("unexpected error {other}"),
     }
 }
 
-fn live(model: &HashMap<usize, Model>, id: usize, now: i64) -> Option<&Model> {
-    model.get(&id).filter(|m| m.expires_at.is_none_or(|at| at > now))
+/// What a read answered, as the model's view; the record's version is the document's.
+fn found(record: &Snapshot) -> Output {
+    let doc: Value = serde_json::from_str(&record.doc).unwrap();
+    assert_eq!(doc["metadata"]["version"], json!(record.version), "{doc}");
+    let context: BTreeMap<String, Value> = serde_json::from_value(doc["context"].clone()).unwrap();
+    Output::Found(View {
+        version: record.version,
+        currency: doc["currency"].as_str().map(str::to_owned),
+        customer: doc["customerId"].as_str().map(str::to_owned),
+        context: context.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+    })
 }
 
-fn apply_to_model(model: &mut HashMap<usize, Model>, op: &Op, now: &mut i64) -> Answer {
-    let t = *now;
-    match op {
-        Op::Advance { minutes } => {
-            *now += (*minutes as i64) * 60_000;
-            Answer::Unchanged
-        }
+/// The model's input for `op` on `state` at `now` (`None` for the clock moving): a stale PUT
+/// names a version the session is not at.
+fn input(op: &Op, state: &State, now: i64) -> Option<Input> {
+    let owned = |value: &Option<Option<&str>>| value.map(|v| v.map(str::to_owned));
+    Some(match op {
+        Op::Advance { .. } => return None,
         Op::Put {
-            id,
             currency,
             customer,
             stale,
             upsert,
+            ..
         } => {
-            let current = live(model, *id, t).cloned();
-            let mut next = match (current, upsert) {
-                (Some(m), _) if *stale => return Answer::Conflict(m.version),
-                (Some(mut m), _) => {
-                    m.version += 1;
-                    m
-                }
-                (None, false) => return Answer::NotFound,
-                (None, true) => Model {
-                    version: 1,
-                    currency: None,
-                    customer: None,
-                    context: BTreeMap::new(),
-                    created_at: t,
-                    expires_at: None,
-                },
-            };
-            if let Some(c) = currency {
-                next.currency = c.map(str::to_owned);
-            }
-            if let Some(c) = customer {
-                next.customer = c.map(str::to_owned);
-            }
-            next.expires_at = next.expiry(t);
-            let created = next.version == 1;
-            let version = next.version;
-            model.insert(*id, next);
-            if created {
-                Answer::Created(version)
-            } else {
-                Answer::Updated(version)
+            let current = CONTRACT.live(state, now).map_or(1, |s| s.version);
+            Input::Put {
+                version: if *stale { current + 7 } else { current },
+                upsert: *upsert,
+                currency: owned(currency),
+                customer: owned(customer),
+                context: None,
             }
         }
-        Op::SetAttribute { id, key, value } => {
-            let Some(mut m) = live(model, *id, t).cloned() else {
-                return Answer::NotFound;
-            };
-            m.context.insert(KEYS[*key].into(), json!(value));
-            m.changed(t);
-            let version = m.version;
-            model.insert(*id, m);
-            Answer::Updated(version)
-        }
-        Op::RemoveAttribute { id, key } => {
-            let Some(mut m) = live(model, *id, t).cloned() else {
-                return Answer::NotFound;
-            };
-            if m.context.remove(KEYS[*key]).is_none() {
-                m.used(t);
-                model.insert(*id, m);
-                return Answer::Unchanged;
-            }
-            m.changed(t);
-            let version = m.version;
-            model.insert(*id, m);
-            Answer::Updated(version)
-        }
-        Op::Delete { id } => {
-            if live(model, *id, t).is_none() {
-                return Answer::NotFound;
-            }
-            model.remove(id);
-            Answer::Unchanged
-        }
-        Op::Login { id } => {
-            let Some(mut m) = live(model, *id, t).cloned() else {
-                return Answer::NotFound;
-            };
-            if m.customer.is_none() {
-                m.customer = Some("C1".into());
-                m.changed(t);
-            }
-            let version = m.version;
-            model.insert(*id, m);
-            Answer::Read(version)
-        }
-    }
+        Op::SetAttribute { key, value, .. } => Input::SetAttribute {
+            key: KEYS[*key].into(),
+            value: json!(value).to_string(),
+            me: false,
+        },
+        Op::RemoveAttribute { key, .. } => Input::RemoveAttribute {
+            key: KEYS[*key].into(),
+            me: false,
+        },
+        Op::Delete { .. } => Input::Delete,
+        Op::Login { .. } => Input::Login,
+    })
 }
 
-async fn apply_to_service(
-    sessions: &Sessions,
-    clock: &ManualClock,
-    model: &HashMap<usize, Model>,
-    op: &Op,
-    now: i64,
-) -> Answer {
-    let key = |id: usize| SessionKey::new("shop", IDS[id]);
-    match op {
-        Op::Advance { minutes } => {
-            clock.advance(Duration::from_secs(minutes * 60));
-            Answer::Unchanged
-        }
-        Op::Put {
-            id,
+/// Runs `input` on session `id` through the use cases.
+async fn apply_to_service(sessions: &Sessions, id: usize, input: &Input) -> Output {
+    let key = SessionKey::new("shop", IDS[id]);
+    let saas = SaasToken::Customer(CUSTOMER.into());
+    match input {
+        Input::Put {
+            version,
+            upsert,
             currency,
             customer,
-            stale,
-            upsert,
+            context: None,
         } => {
             let mut fields = Vec::new();
             for (field, value) in [(TextField::Currency, currency), (TextField::CustomerId, customer)] {
                 if let Some(v) = value {
-                    fields.push((field, v.map_or(FieldChange::Remove, |s| FieldChange::Set(s.to_owned()))));
+                    fields.push((field, v.clone().map_or(FieldChange::Remove, FieldChange::Set)));
                 }
             }
-            let current = live(model, *id, now).map_or(1, |m| m.version);
-            let expected = if *stale { current + 7 } else { current };
             let req = PutRequest {
                 fields,
                 context: None,
-                version: Some(expected),
+                version: Some(*version),
             };
-            let saas = SaasToken::Customer("C1".into());
-            answer(
+            output(
                 sessions
-                    .put(&key(*id), &req, Some(Precondition::Version(expected)), *upsert, &saas)
+                    .put(&key, &req, Some(Precondition::Version(*version)), *upsert, &saas)
                     .await,
             )
         }
-        Op::SetAttribute { id, key: k, value } => answer(
+        Input::SetAttribute {
+            key: k,
+            value,
+            me: false,
+        } => output(
             sessions
-                .set_attribute(&key(*id), &Caller::Management, KEYS[*k], &json!(value))
+                .set_attribute(
+                    &key,
+                    &Caller::Management,
+                    k,
+                    &serde_json::from_str::<Value>(value).unwrap(),
+                )
                 .await,
         ),
-        Op::RemoveAttribute { id, key: k } => answer(
-            sessions
-                .remove_attribute(&key(*id), &Caller::Management, KEYS[*k])
-                .await,
-        ),
-        Op::Delete { id } => match sessions.delete(&key(*id), &SaasToken::Customer("C1".into())).await {
-            Ok(()) => Answer::Unchanged,
-            Err(e) => answer(Err(e)),
+        Input::RemoveAttribute { key: k, me: false } => {
+            output(sessions.remove_attribute(&key, &Caller::Management, k).await)
+        }
+        Input::Delete => match sessions.delete(&key, &saas).await {
+            Ok(()) => Output::Deleted,
+            Err(e) => output(Err(e)),
         },
-        Op::Login { id } => {
+        Input::Login => {
             let shopper = Shopper {
-                customer: Some("C1".into()),
+                customer: Some(CUSTOMER.into()),
                 issued_at: Some(i64::MAX / 2),
                 defaults: vec![],
             };
-            match sessions.get(&key(*id), &Caller::Me(shopper)).await {
-                Ok(record) => Answer::Read(record.version),
-                Err(e) => answer(Err(e)),
+            match sessions.get(&key, &Caller::Me(shopper)).await {
+                Ok(record) => found(&record),
+                Err(e) => output(Err(e)),
             }
         }
+        Input::Get { me: false } => match sessions.get(&key, &Caller::Management).await {
+            Ok(record) => found(&record),
+            Err(e) => output(Err(e)),
+        },
+        other => unreachable!("the model-based tests do not send {other:?}"),
     }
 }
 
-/// Reads every session (each read is a use, and may extend its expiry, in the model too).
-async fn check_state(sessions: &Sessions, model: &mut HashMap<usize, Model>, now: i64) {
+/// Reads every session, in the service and in the model (each read is a use, and may extend
+/// its expiry, in the model too).
+async fn check_state(sessions: &Sessions, model: &mut [State], now: i64) {
     for (id, name) in IDS.iter().enumerate() {
-        let stored = sessions.get(&SessionKey::new("shop", *name), &Caller::Management).await;
-        if live(model, id, now).is_some() {
-            model.get_mut(&id).expect("live").used(now);
-        }
-        match (live(model, id, now), stored) {
-            (None, Err(ServiceError::NotFound)) => {}
-            (Some(m), Ok(record)) => {
-                let doc: Value = serde_json::from_str(&record.doc).unwrap();
-                assert_eq!(record.version, m.version, "{name}: {doc}");
-                assert_eq!(doc["metadata"]["version"], json!(m.version));
-                assert_eq!(doc["currency"].as_str(), m.currency.as_deref(), "{name}: {doc}");
-                assert_eq!(doc["customerId"].as_str(), m.customer.as_deref(), "{name}: {doc}");
-                let context: BTreeMap<String, Value> = serde_json::from_value(doc["context"].clone()).unwrap();
-                assert_eq!(context, m.context, "{name}: {doc}");
-            }
-            (expected, got) => panic!("{name}: the model has {expected:?}, the store answered {got:?}"),
-        }
+        let read = Input::Get { me: false };
+        let got = apply_to_service(sessions, id, &read).await;
+        let (expected, next) = CONTRACT.apply(&model[id], &read, now);
+        assert_eq!(got, expected, "{name}: the model and the store disagree");
+        model[id] = next;
     }
 }
 
@@ -332,39 +248,52 @@ fn run_sequence(backend: Backend, ops: &[Op]) {
         let clock = Arc::new(ManualClock::new(START));
         let policy = Policy {
             lifetime: Lifetime {
-                anonymous_ttl: Some(TTL_MS),
-                anonymous_max_age: Some(MAX_AGE_MS),
+                anonymous_ttl: CONTRACT.idle,
+                anonymous_max_age: CONTRACT.max_age,
                 customer_ttl: None,
             },
             create_on_first_use: false,
         };
         let sessions = Sessions::new(store, clock.clone(), policy);
-        let mut model = HashMap::new();
+        let mut model: Vec<State> = vec![None; IDS.len()];
         let mut now = START;
         for (step, op) in ops.iter().enumerate() {
-            let got = apply_to_service(&sessions, &clock, &model, op, now).await;
-            let expected = apply_to_model(&mut model, op, &mut now);
-            assert_eq!(got, expected, "step {step}: {op:?}");
+            match (op, input(op, &model[op.id()], now)) {
+                (Op::Advance { minutes }, _) => {
+                    clock.advance(Duration::from_secs(minutes * 60));
+                    now += (*minutes as i64) * 60_000;
+                }
+                (op, Some(input)) => {
+                    let got = apply_to_service(&sessions, op.id(), &input).await;
+                    let (expected, next) = CONTRACT.apply(&model[op.id()], &input, now);
+                    assert_eq!(got, expected, "step {step}: {op:?}");
+                    model[op.id()] = next;
+                }
+                (op, None) => unreachable!("{op:?} is an operation"),
+            }
             check_state(&sessions, &mut model, now).await;
         }
     });
 }
 
+/// A model-based test on one backend: `cases` random sequences, skipped (and reported so)
+/// when the backend's server is not configured. Failures are kept in
+/// `model_based.proptest-regressions` next to this file and replayed first.
 macro_rules! model_test {
     ($name:ident, $backend:ident, $cases:expr) => {
-        // Failures are kept in `model_based.proptest-regressions` next to this file.
-        proptest! {
-            #![proptest_config(ProptestConfig {
+        #[test]
+        fn $name() {
+            if !Backend::$backend.available() {
+                return;
+            }
+            let config = ProptestConfig {
                 cases: $cases,
                 failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
                 ..ProptestConfig::default()
-            })]
-            #[test]
-            fn $name(ops in prop::collection::vec(op(), 1..24)) {
-                if Backend::$backend.available() {
-                    run_sequence(Backend::$backend, &ops);
-                }
-            }
+            };
+            proptest!(config, |(ops in prop::collection::vec(op(), 1..24))| {
+                run_sequence(Backend::$backend, &ops);
+            });
         }
     };
 }

@@ -1,7 +1,8 @@
 //! Concurrent histories: many clients hammer a few sessions on each store, through the HTTP API
 //! (the real binary, two instances of it on the shared stores), and every operation is recorded
 //! with its call time, its return time and what it answered. Each session's history must then be
-//! linearizable against the contract's sequential model (`model.rs`): the version-checked PUTs
+//! linearizable against the one sequential model of the contract (`../model.rs`, the clock
+//! standing still): the version-checked PUTs
 //! and PATCHes, the unconditional attribute changes, deletes, reads (which may extend a
 //! session's expiry, never its version) and logins that adopt a session racing all of these
 //! fit one order that respects real time. The run ends with a read of every session, so an acknowledged change
@@ -19,7 +20,6 @@
 //! `HISTORY_SEED` replays a run's choices; `HISTORY_CLIENTS` and `HISTORY_OPS` size a round.
 
 mod checker;
-mod model;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,14 +27,40 @@ use std::time::{Duration, Instant};
 
 use crate::common::server::{Server, start, start_at};
 use crate::common::*;
+use crate::model::{Context, Contract, Input, Output, State, View};
 use async_trait::async_trait;
 use axum::http::Method;
-use model::{Context, Input, Output, Session};
 use serde_json::{Value, json};
 use session_context::clock::Millis;
 use session_context::store::{Expect, MemoryStore, Revision, SessionKey, SessionStore, StoreError, StoredSession};
 
 const KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// The model as the histories use it. A run lasts seconds and sessions idle out after an hour,
+/// so the model's clock stands still at 0 and nothing expires.
+const CONTRACT: Contract = Contract {
+    idle: Some(60 * 60 * 1000),
+    max_age: None,
+};
+
+impl checker::Model for Contract {
+    type State = State;
+    type Input = Input;
+    type Output = Output;
+
+    fn init(&self) -> State {
+        None
+    }
+
+    fn step(&self, state: &State, input: &Input, output: &Output) -> Vec<State> {
+        let (expected, next) = self.apply(state, input, 0);
+        match output {
+            Output::Unknown if next != *state => vec![state.clone(), next],
+            _ if *output == expected || *output == Output::Unknown => vec![next],
+            _ => vec![],
+        }
+    }
+}
 
 /// A small, seedable generator (xorshift64*), so that a failing run can be replayed.
 struct Rng(u64);
@@ -207,7 +233,12 @@ fn interpret(input: &Input, answer: Option<Answer>) -> Output {
         (_, 403, _) if answer.json["type"] == json!("forbidden") => Output::Forbidden,
         (Input::Get { .. } | Input::Login, 200, Some(v)) if answer.json["metadata"]["version"] == json!(v) => {
             match context_of(&answer.json) {
-                Some(context) => Output::Found { version: v, context },
+                Some(context) => Output::Found(View {
+                    version: v,
+                    currency: answer.json["currency"].as_str().map(str::to_owned),
+                    customer: answer.json["customerId"].as_str().map(str::to_owned),
+                    context,
+                }),
                 None => Output::Unknown,
             }
         }
@@ -288,7 +319,9 @@ async fn client(
                 Input::Put {
                     version,
                     upsert,
-                    context,
+                    currency: None,
+                    customer: None,
+                    context: Some(context),
                 },
                 Method::PUT,
                 context_path(sid, query),
@@ -355,7 +388,7 @@ async fn client(
             _ => epoch.elapsed().as_nanos() as u64,
         };
         match &output {
-            Output::Found { version, .. } | Output::Created { version } | Output::Updated { version } => {
+            Output::Found(View { version, .. }) | Output::Created { version } | Output::Updated { version } => {
                 known[s] = *version
             }
             Output::Conflict { current } => known[s] = *current,
@@ -421,7 +454,7 @@ async fn round(
 /// Checks each session's history; the description of the first violation, if any.
 fn verify(histories: &[Vec<Operation>]) -> Result<(), String> {
     for (s, history) in histories.iter().enumerate() {
-        if let Err(violation) = checker::check(&Session, history) {
+        if let Err(violation) = checker::check(&CONTRACT, history) {
             let show = |ops: &[usize]| {
                 ops.iter()
                     .map(|&i| {
@@ -503,7 +536,7 @@ async fn histories_are_linearizable(target: Target) {
 
 fn outcome_name(output: &Output) -> &'static str {
     match output {
-        Output::Found { .. } => "found",
+        Output::Found(_) => "found",
         Output::Missing => "missing",
         Output::Created { .. } => "created",
         Output::Updated { .. } => "updated",
