@@ -1,5 +1,6 @@
-//! The HTTP suite: every row of the contract through the real router, in process, on every
-//! backend, with a manual clock for expiry.
+//! The HTTP suite: every row of the contract through the real router, in process, on the
+//! memory store and SQLite (the stores themselves are the `stores` binary's), with a manual
+//! clock for expiry.
 
 use crate::common::*;
 use axum::body::Body;
@@ -1125,7 +1126,7 @@ async fn health_metrics_and_openapi_are_served_without_a_token(backend: Backend)
     }
 }
 
-on_every_backend!(
+on_memory_and_sqlite!(
     get_returns_the_session_with_its_etag,
     get_of_a_missing_session_is_404_naming_it,
     put_with_upsert_creates_at_version_one,
@@ -1160,77 +1161,3 @@ on_every_backend!(
     the_same_session_id_under_two_tenants_is_two_sessions,
     health_metrics_and_openapi_are_served_without_a_token,
 );
-
-/// The real binary, over a raw connection: a body declared larger than the limit is refused
-/// with 413 before any of it is read, and a client that asked `Expect: 100-continue` is never
-/// invited to send it. A body within the limit still gets its `100 Continue`.
-#[test]
-fn a_declared_body_over_the_limit_gets_413_at_once_without_100_continue() {
-    use crate::common::server::{Server, secret};
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::{Duration, Instant};
-
-    let server = Server::start(&["--store", "memory://", "--jwt-secret", secret()]);
-    let connect = || {
-        let stream = TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        stream
-    };
-    // Reads until `done` holds for what arrived, the peer closes, or 5 s pass.
-    let read_until = |stream: &mut TcpStream, done: &dyn Fn(&str) -> bool| {
-        let (mut received, mut buffer) = (Vec::new(), [0u8; 4096]);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && !done(&String::from_utf8_lossy(&received)) {
-            match stream.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => break,
-            }
-        }
-        String::from_utf8_lossy(&received).into_owned()
-    };
-    let head = |length: usize, expect: bool| {
-        format!(
-            "PUT {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
-             {}Content-Length: {length}\r\n\r\n",
-            context_path("s1", "?upsert=true"),
-            manager(),
-            if expect { "Expect: 100-continue\r\n" } else { "" },
-        )
-    };
-    let final_answer = |text: &str| text.contains("payload_too_large") || text.contains("HTTP/1.1 2");
-
-    // Over the limit with Expect: 413 at once, and no invitation to send the 10 MB.
-    let mut stream = connect();
-    stream.write_all(head(10_000_000, true).as_bytes()).unwrap();
-    let started = Instant::now();
-    let answer = read_until(&mut stream, &final_answer);
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(!answer.contains("100 Continue"), "{answer}");
-    assert!(answer.contains(r#""type":"payload_too_large""#), "{answer}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
-
-    // Over the limit without Expect: 413 as well, without waiting for the rest of the body.
-    let mut stream = connect();
-    stream.write_all(head(10_000_000, false).as_bytes()).unwrap();
-    stream.write_all(&[b' '; 1024]).unwrap();
-    let answer = read_until(&mut stream, &final_answer);
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains(r#""type":"payload_too_large""#), "{answer}");
-
-    // Within the limit with Expect: invited, then served.
-    let body = json!({"metadata": {"version": 1}}).to_string();
-    let mut stream = connect();
-    stream.write_all(head(body.len(), true).as_bytes()).unwrap();
-    let invitation = read_until(&mut stream, &|text: &str| text.contains("\r\n\r\n"));
-    assert!(invitation.starts_with("HTTP/1.1 100 Continue"), "{invitation}");
-    stream.write_all(body.as_bytes()).unwrap();
-    let answer = read_until(&mut stream, &|text: &str| text.contains("HTTP/1.1 201"));
-    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
-}

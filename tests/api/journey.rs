@@ -1,4 +1,4 @@
-//! The shopper's journey, on every store: sessions that live as long as they are used (reads
+//! The shopper's journey, on memory and SQLite: sessions that live as long as they are used (reads
 //! included) within the anonymous cap, customer sessions' own idle timeout, login adopting the
 //! anonymous session (exactly once under concurrent first requests), sessions created on first
 //! use, the storefront's logout and conditional GETs.
@@ -361,7 +361,7 @@ async fn a_get_with_a_matching_if_none_match_is_304(backend: Backend) {
         .assert_error(404, "resource_not_found");
 }
 
-crate::on_every_backend!(
+crate::on_memory_and_sqlite!(
     the_anonymous_cap_ends_a_session_however_much_it_is_used,
     customer_sessions_idle_out_only_with_a_customer_ttl,
     login_adopts_the_anonymous_session,

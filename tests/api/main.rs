@@ -1,4 +1,6 @@
-//! The API in process: the router with a manual clock.
+//! The API in process: the router with a manual clock, on the memory store and SQLite (the
+//! stores themselves are the `stores` binary's subject, so the HTTP suite does not repeat on
+//! every networked store).
 //!
 //! - `endpoints`: the HTTP suite, every row of the contract through the router;
 //! - `journey`: the shopper's journey (lifetimes, login adoption, first use, logout);

@@ -386,6 +386,16 @@ macro_rules! on_every_backend {
     };
 }
 
+/// Runs each listed async test fn on the embedded backends, memory and SQLite: the HTTP suite,
+/// whose subject is the API, not the stores.
+#[macro_export]
+macro_rules! on_memory_and_sqlite {
+    ($($name:ident),* $(,)?) => {
+        $crate::on_backend!(memory, Memory, $($name),*);
+        $crate::on_backend!(sqlite, Sqlite, $($name),*);
+    };
+}
+
 /// One module of tests on one backend; each test holds its share of the shared Redis Cluster.
 #[macro_export]
 macro_rules! on_backend {
