@@ -1,6 +1,6 @@
 //! Shared test helpers of the three test binaries (`stores`, `api`, `process`): an in-process
-//! app on any backend with a manual clock, token minting, a one-call request helper, and the
-//! macros that run a test on each backend.
+//! app on any backend with a manual clock, token minting, a one-call request helper, the macros
+//! that run a test on each backend, and the record of tests that were skipped.
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod browser;
@@ -8,7 +8,8 @@ pub mod proxy;
 pub mod redis_server;
 pub mod server;
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use axum::Router;
@@ -55,20 +56,9 @@ impl Backend {
         }
     }
 
-    /// The server URL of a networked backend. When it is not configured the test says so
-    /// loudly and is skipped; under `CI=true` that is a failure instead.
+    /// The server URL of a networked backend, when it is configured.
     pub fn server_url(self) -> Option<String> {
-        let variable = self.url_variable()?;
-        match std::env::var(variable) {
-            Ok(url) if !url.is_empty() => Some(url),
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("{variable} is not set: CI must run the {self:?} tests against a real server")
-            }
-            _ => {
-                eprintln!("SKIPPED: {variable} is not set, so this {self:?} test did not run");
-                None
-            }
-        }
+        std::env::var(self.url_variable()?).ok().filter(|url| !url.is_empty())
     }
 
     /// Whether the backend removes expired records by itself (so its sweep has nothing to do).
@@ -76,9 +66,22 @@ impl Backend {
         matches!(self, Backend::Redis | Backend::RedisCluster)
     }
 
-    /// Whether this backend can run here (embedded ones always can).
+    /// Whether this backend can run here: embedded ones always can, a networked one when its
+    /// server's URL is set. Without it the running test is recorded as skipped (see [`skip`]);
+    /// under `CI=true` that is a failure instead.
     pub fn available(self) -> bool {
-        self.url_variable().is_none() || self.server_url().is_some()
+        let Some(variable) = self.url_variable() else {
+            return true;
+        };
+        if self.server_url().is_some() {
+            return true;
+        }
+        assert!(
+            !under_ci(),
+            "{variable} is not set: CI must run the {self:?} tests against a real server"
+        );
+        skip(&format!("{variable} is not set"));
+        false
     }
 
     /// For a test on the shared Redis Cluster, a share of it for as long as the guard lives:
@@ -95,6 +98,61 @@ static SHARED_CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(
 /// The shared Redis Cluster to this test alone, for as long as the guard lives.
 pub async fn pause_shared_cluster() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     SHARED_CLUSTER.write().await
+}
+
+/// Whether this run is CI's (`CI=true`), where every test must run.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The tests of this binary that did not run, each as `(test, why)`.
+static SKIPPED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Records that the running test did not run, and why. libtest has no outcome for a test that
+/// decides at run time not to run: it is counted as passed. So the skip is said at once on the
+/// terminal (`SKIPPED <test>: <why>`, written past libtest's capture of the test's output), and
+/// when the binary ends, after libtest's `test result:` line, one line counts the skipped
+/// tests. Callers decide first whether a skip is allowed (under `CI=true` it mostly is not).
+pub fn skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    SKIPPED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push((test, why.to_owned()));
+    static AT_EXIT: Once = Once::new();
+    // SAFETY: `atexit` only stores the pointer of a function that lives as long as the process.
+    AT_EXIT.call_once(|| unsafe {
+        atexit(report_skipped);
+    });
+}
+
+unsafe extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+    fn write(fd: std::ffi::c_int, buf: *const u8, count: usize) -> isize;
+}
+
+/// Runs as the process exits (after libtest's summary): the count of skipped tests, by reason.
+/// It writes with `write(2)` itself, as Rust's standard streams may be gone by then.
+extern "C" fn report_skipped() {
+    let skipped = SKIPPED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut reasons: Vec<(&str, usize)> = Vec::new();
+    for (_, why) in skipped.iter() {
+        match reasons.iter_mut().find(|(r, _)| r == why) {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((why, 1)),
+        }
+    }
+    let reasons: Vec<String> = reasons.iter().map(|(why, n)| format!("{why}: {n}")).collect();
+    let line = format!(
+        "SKIPPED: {} of the tests counted as passed above did not run ({})\n\n",
+        skipped.len(),
+        reasons.join("; ")
+    );
+    // SAFETY: the buffer is valid for its length; a short or failed write only loses the line.
+    unsafe {
+        write(2, line.as_ptr(), line.len());
+    }
 }
 
 /// The tests' policy: anonymous sessions idle out after [`TTL`]; nothing else.
@@ -374,7 +432,7 @@ pub fn saas(customer: &str) -> String {
 }
 
 /// Runs each listed async test fn against every backend; a networked backend whose server is
-/// not configured is skipped loudly (a failure under `CI=true`).
+/// not configured is skipped (reported as such; a failure under `CI=true`).
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -396,7 +454,8 @@ macro_rules! on_memory_and_sqlite {
     };
 }
 
-/// One module of tests on one backend; each test holds its share of the shared Redis Cluster.
+/// One module of tests on one backend: each test is skipped (and reported so) when the
+/// backend's server is not configured, and holds its share of the shared Redis Cluster.
 #[macro_export]
 macro_rules! on_backend {
     ($module:ident, $backend:ident, $($name:ident),* $(,)?) => {
@@ -416,8 +475,8 @@ macro_rules! on_backend {
     };
 }
 
-/// Whether `tool` is on the PATH. A test that needs it says SKIPPED without it; under
-/// `CI=true` that is a failure instead.
+/// Whether `tool` is on the PATH. A test that needs it is skipped without it (see [`skip`]);
+/// under `CI=true` that is a failure instead.
 pub fn tool_available(tool: &str) -> bool {
     let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -426,10 +485,10 @@ pub fn tool_available(tool: &str) -> bool {
         .is_ok_and(|s| s.success());
     if !found {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !under_ci(),
             "{tool} is not installed: CI must run the tests that need it"
         );
-        eprintln!("SKIPPED: {tool} is not installed, so a test that needs it did not run");
+        skip(&format!("{tool} is not installed"));
     }
     found
 }

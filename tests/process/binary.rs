@@ -658,10 +658,9 @@ async fn full_disk_fallback(dir: &Path, mount_error: &str) {
     use std::os::unix::fs::PermissionsExt;
     let root = Command::new("id").arg("-u").output().unwrap();
     if String::from_utf8_lossy(&root.stdout).trim() == "0" {
-        println!(
-            "SKIPPED: cannot mount a tmpfs ({mount_error}), and as root no directory refuses writes: \
-             the full-disk test did not run"
-        );
+        crate::common::skip(&format!(
+            "cannot mount a tmpfs ({mount_error}), and as root no directory refuses writes"
+        ));
         return;
     }
     println!(

@@ -1,7 +1,7 @@
 //! PostgreSQL over TLS (`sslmode=verify-full` with `sslrootcert`): a private PostgreSQL server
 //! with `ssl=on` is made here with `initdb` (as the `postgres` user when the tests run as root)
 //! and a certificate authority made by `openssl`. Needs PostgreSQL's server binaries and
-//! openssl; without them the tests say SKIPPED, under `CI=true` they fail.
+//! openssl; without them the tests are skipped (and reported so), under `CI=true` they fail.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::server::{service_round_trip, start};
-use crate::common::{store_round_trip, tool_available};
+use crate::common::{skip, store_round_trip, tool_available, under_ci};
 use session_context::store;
 
 /// The directory of `initdb` and `postgres`: on the PATH, or Debian's newest under
@@ -37,10 +37,10 @@ fn server_binaries() -> Option<PathBuf> {
             .is_ok_and(|o| o.status.success());
     if found.is_none() || !user_ok {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !under_ci(),
             "PostgreSQL's server binaries (or, as root, a postgres user) are missing: CI must run the PostgreSQL TLS tests"
         );
-        eprintln!("SKIPPED: no initdb (or, as root, no postgres user), so this PostgreSQL TLS test did not run");
+        skip("no initdb (or, as root, no postgres user)");
         return None;
     }
     found.filter(|_| tool_available("openssl"))
