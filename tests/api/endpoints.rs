@@ -472,13 +472,15 @@ async fn patch_me_checks_versions_and_existence(backend: Backend) {
 
 async fn a_customer_session_is_closed_to_other_storefront_tokens(backend: Backend) {
     let app = TestApp::new(backend).await;
-    app.call(
-        Method::PATCH,
-        &me_path("?upsert=true"),
-        Some(&customer("s1", "C1")),
-        Some(json!({"metadata": {"version": 1}})),
-    )
-    .await;
+    let created = app
+        .call(
+            Method::PATCH,
+            &me_path("?upsert=true"),
+            Some(&customer("s1", "C1")),
+            Some(json!({"metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     for token in [customer("s1", "C2"), anonymous("s1")] {
         app.call(Method::GET, &me_path(""), Some(&token), None)
             .await
@@ -682,13 +684,15 @@ async fn anonymous_sessions_expire_after_their_last_use(backend: Backend) {
 async fn customer_sessions_do_not_expire_until_the_customer_is_removed(backend: Backend) {
     let app = TestApp::new(backend).await;
     let token = customer("s1", "C1");
-    app.call(
-        Method::PATCH,
-        &me_path("?upsert=true"),
-        Some(&token),
-        Some(json!({"metadata": {"version": 1}})),
-    )
-    .await;
+    let created = app
+        .call(
+            Method::PATCH,
+            &me_path("?upsert=true"),
+            Some(&token),
+            Some(json!({"metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     app.clock.advance(TTL * 48);
     let me = app.call(Method::GET, &me_path(""), Some(&token), None).await;
     assert_eq!(me.status, StatusCode::OK, "customer sessions never expire");

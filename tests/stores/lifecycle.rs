@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use serde_json::json;
 use session_context::startup::spawn_sweeper;
 use session_context::store::SessionKey;
@@ -13,13 +13,15 @@ use tokio::sync::watch;
 async fn the_sweep_removes_expired_sessions_and_stops_when_told(backend: Backend) {
     let app = TestApp::new(backend).await;
     app.create("anon", json!({"metadata": {"version": 1}})).await;
-    app.call(
-        Method::PATCH,
-        &me_path("?upsert=true"),
-        Some(&customer("cust", "C1")),
-        Some(json!({"metadata": {"version": 1}})),
-    )
-    .await;
+    let created = app
+        .call(
+            Method::PATCH,
+            &me_path("?upsert=true"),
+            Some(&customer("cust", "C1")),
+            Some(json!({"metadata": {"version": 1}})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     app.clock.advance(TTL + Duration::from_secs(1));
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = spawn_sweeper(app.state.clone(), Duration::from_millis(10), stop_rx);
