@@ -402,7 +402,12 @@ async fn an_http2_stream_flood_is_bounded_by_the_inflight_body_budget() {
         .send_request(h2_request(&server, "GET", "/health/live", ""), true)
         .unwrap();
     assert_eq!(answer.await.unwrap().status(), 200);
-    assert_eq!(*limit.borrow(), 16, "the server's stream limit");
+    // The server's SETTINGS may be applied only after the first answer: wait for them.
+    let mut limit = limit;
+    let announced = tokio::time::timeout(Duration::from_secs(5), limit.wait_for(|&n| n == 16))
+        .await
+        .is_ok();
+    assert!(announced, "the server's stream limit is {}, not 16", *limit.borrow());
     let before = resident_bytes(server.child.id());
 
     let chunk = axum::body::Bytes::from(vec![b' '; 60 * 1024]);
