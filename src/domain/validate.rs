@@ -1,4 +1,6 @@
-//! The contract's input rules, one function each, and the error that names the offending field.
+//! The contract's input rules, one function each (and, for the rules the OpenAPI document states
+//! as patterns, one [`StringRule`] constant that the function and the document both follow), and
+//! the error that names the offending field.
 
 use serde::Serialize;
 

@@ -1,5 +1,6 @@
 //! Extractors for everything a request carries besides its token: path parameters checked
-//! against the contract's rules, `?upsert`, `If-Match`, the `saas-token`, and a JSON body read
+//! against the contract's rules, `?upsert`, `If-Match` (and the one place that tells 409 from
+//! 412), `If-None-Match`, the `saas-token`, and a JSON body read
 //! within the size limit and refused before parsing if it nests too deep.
 
 use axum::body::Bytes;

@@ -1,4 +1,4 @@
-//! Operational endpoints: liveness, readiness (the store answers), Prometheus metrics and the
+//! Operational endpoints: liveness, readiness (the store can take writes), Prometheus metrics and the
 //! service's own OpenAPI document. None of them needs a token.
 
 use axum::extract::State;
