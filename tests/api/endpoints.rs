@@ -819,58 +819,57 @@ async fn attribute_names_may_not_hide_or_reorder_characters() {
     let encoded = |name: &str| name.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
     for name in INVISIBLE_NAMES {
         let attribute = json!({"key": name, "value": 1});
-        let posts = [
-            (context_path("s1", "/attributes"), manager()),
-            (me_path("/attributes"), anonymous("s1")),
+        let context = json!({"context": {name: 1}, "metadata": {"version": 1}});
+        let removal = format!("/attributes/{}", encoded(name));
+        // Every route that takes the name: (method, path, token, body, the field named).
+        let attempts = [
+            (
+                Method::POST,
+                context_path("s1", "/attributes"),
+                manager(),
+                Some(attribute.clone()),
+                "key",
+            ),
+            (
+                Method::POST,
+                me_path("/attributes"),
+                anonymous("s1"),
+                Some(attribute),
+                "key",
+            ),
+            (
+                Method::DELETE,
+                context_path("s1", &removal),
+                manager(),
+                None,
+                "attributeName",
+            ),
+            (
+                Method::DELETE,
+                me_path(&removal),
+                anonymous("s1"),
+                None,
+                "attributeName",
+            ),
+            (
+                Method::PUT,
+                context_path("s1", ""),
+                manager(),
+                Some(context.clone()),
+                "context",
+            ),
+            (Method::PATCH, me_path(""), anonymous("s1"), Some(context), "context"),
         ];
-        for (path, token) in posts {
-            let reply = app
-                .call(Method::POST, &path, Some(&token), Some(attribute.clone()))
-                .await;
+        for (method, path, token, body, field) in attempts {
+            let reply = app.call(method, &path, Some(&token), body).await;
             reply.assert_error(400, "validation_error");
             assert_eq!(
                 reply.json["details"][0]["field"],
-                json!("key"),
+                json!(field),
                 "{name:?}: {}",
                 reply.text
             );
         }
-        let deletes = [
-            (context_path("s1", &format!("/attributes/{}", encoded(name))), manager()),
-            (me_path(&format!("/attributes/{}", encoded(name))), anonymous("s1")),
-        ];
-        for (path, token) in deletes {
-            let reply = app.call(Method::DELETE, &path, Some(&token), None).await;
-            reply.assert_error(400, "validation_error");
-            assert_eq!(
-                reply.json["details"][0]["field"],
-                json!("attributeName"),
-                "{name:?}: {}",
-                reply.text
-            );
-        }
-        let put = json!({"context": {name: 1}, "metadata": {"version": 1}});
-        let reply = app
-            .call(Method::PUT, &context_path("s1", ""), Some(&manager()), Some(put))
-            .await;
-        reply.assert_error(400, "validation_error");
-        assert_eq!(
-            reply.json["details"][0]["field"],
-            json!("context"),
-            "{name:?}: {}",
-            reply.text
-        );
-        let patch = json!({"context": {name: 1}, "metadata": {"version": 1}});
-        let reply = app
-            .call(Method::PATCH, &me_path(""), Some(&anonymous("s1")), Some(patch))
-            .await;
-        reply.assert_error(400, "validation_error");
-        assert_eq!(
-            reply.json["details"][0]["field"],
-            json!("context"),
-            "{name:?}: {}",
-            reply.text
-        );
     }
     assert_eq!(app.read("s1").await.version(), 1, "nothing was stored");
 
