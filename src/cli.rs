@@ -60,6 +60,11 @@ pub struct SeedArgs {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("key").args(["jwt_secret", "jwt_public_key", "jwks"]).multiple(false)))]
 pub struct ServeArgs {
+    /// A TOML file with any of these flags (by name, without the dashes) and per-tenant
+    /// `[tenants.<name>]` tables; flags and environment variables win over its top level.
+    #[arg(long, env = "SESSION_CONTEXT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address and port to listen on.
     #[arg(long, env = "SESSION_CONTEXT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -141,6 +146,61 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_CONTEXT_CREATE_ON_FIRST_USE")]
     pub create_on_first_use: bool,
 
+    /// Largest a session may grow, in bytes of its JSON (413 `session_too_large` beyond).
+    #[arg(long, env = "SESSION_CONTEXT_MAX_SESSION_BYTES", default_value_t = crate::domain::policy::DEFAULT_MAX_SESSION_BYTES)]
+    pub max_session_bytes: usize,
+
+    /// Most attributes (keys of `context`) a session may hold (400 `too_many_attributes` beyond).
+    #[arg(long, env = "SESSION_CONTEXT_MAX_ATTRIBUTES", default_value_t = crate::domain::policy::DEFAULT_MAX_ATTRIBUTES)]
+    pub max_attributes: usize,
+
+    /// Attributes a storefront token (`/me`) may not change: a pattern of the whole key, `*`
+    /// for any run of characters (`b2b.*`, `priceList`); repeatable, comma-separated in the
+    /// environment.
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_PROTECTED_ATTRIBUTE",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    pub protected_attribute: Vec<String>,
+
+    /// Attributes a storefront token (`/me`) may neither see nor change (patterns as for
+    /// --protected-attribute); management endpoints see them.
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_HIDDEN_ATTRIBUTE",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    pub hidden_attribute: Vec<String>,
+
+    /// The currencies a session may take (comma-separated; none = any valid code).
+    #[arg(long, env = "SESSION_CONTEXT_ALLOWED_CURRENCY", value_name = "CODES", value_delimiter = ',', value_parser = allowed::currency)]
+    pub allowed_currency: Vec<String>,
+
+    /// The site codes a session may take (comma-separated; none = any).
+    #[arg(long, env = "SESSION_CONTEXT_ALLOWED_SITE", value_name = "CODES", value_delimiter = ',', value_parser = allowed::site_code)]
+    pub allowed_site: Vec<String>,
+
+    /// The languages a session may take (comma-separated; none = any valid tag; compared
+    /// without case, `de_DE` = `de-DE`).
+    #[arg(long, env = "SESSION_CONTEXT_ALLOWED_LANGUAGE", value_name = "TAGS", value_delimiter = ',', value_parser = allowed::language)]
+    pub allowed_language: Vec<String>,
+
+    /// The target locations a session may take (comma-separated; none = any valid code).
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_ALLOWED_TARGET_LOCATION",
+        value_name = "CODES",
+        value_delimiter = ',', value_parser = allowed::target_location
+    )]
+    pub allowed_target_location: Vec<String>,
+
+    /// The `[tenants.<name>]` tables of the --config file (not a flag).
+    #[arg(skip)]
+    pub tenant_tables: Vec<crate::config::TenantTable>,
+
     /// Largest accepted request body in bytes (413 beyond).
     #[arg(long, env = "SESSION_CONTEXT_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
@@ -190,6 +250,32 @@ pub struct ServeArgs {
     /// Try it out: use a random secret (unless one is given) and print ready-to-use tokens.
     #[arg(long, env = "SESSION_CONTEXT_DEV")]
     pub dev: bool,
+}
+
+/// The parsers of the `--allowed-*` lists: each value must pass the field's input rule (a
+/// value no request could set is surely a typo), so the command line and a config file
+/// refuse it at start.
+mod allowed {
+    use crate::domain::TextField;
+    use crate::domain::validate::text_field;
+
+    fn check(field: TextField, value: &str) -> Result<String, String> {
+        text_field(field, value)
+            .map(|()| value.to_owned())
+            .map_err(|e| e.message)
+    }
+    pub fn currency(value: &str) -> Result<String, String> {
+        check(TextField::Currency, value)
+    }
+    pub fn site_code(value: &str) -> Result<String, String> {
+        check(TextField::SiteCode, value)
+    }
+    pub fn language(value: &str) -> Result<String, String> {
+        check(TextField::Language, value)
+    }
+    pub fn target_location(value: &str) -> Result<String, String> {
+        check(TextField::TargetLocation, value)
+    }
 }
 
 /// Flags of `session-context token`.

@@ -1,16 +1,22 @@
 //! [`Settings`]: the one typed configuration of a running service, built once from the
 //! command line (and its environment variables), checked, and passed down.
 
+mod file;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::auth::{AuthSettings, ClaimNames, KeySource};
 use crate::cli::ServeArgs;
 use crate::clock::Millis;
-use crate::domain::Lifetime;
+use crate::domain::policy::{AllowedValues, Patterns, TenantPolicies, TenantPolicy};
+use crate::domain::{Lifetime, TextField};
 use crate::http::cors::CorsOrigins;
 use crate::service::Policy;
 use crate::store::StoreUrl;
+
+pub use file::{CommandLineError, TenantTable, parse_command_line};
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -31,6 +37,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Browser origins allowed to call the API (`--cors-origin`).
     pub cors_origins: CorsOrigins,
+    /// Tenants whose `[tenants.<name>]` table lists origins of its own.
+    pub tenant_cors_origins: HashMap<String, CorsOrigins>,
     /// In `--dev` mode, the secret to print demo tokens with.
     pub dev_secret: Option<Vec<u8>>,
 }
@@ -90,6 +98,48 @@ impl Settings {
             return Err("--max-connections must be greater than 0".into());
         }
         let cors_origins = CorsOrigins::parse(&args.cors_origin)?;
+        if args.max_session_bytes < MIN_SESSION_BYTES {
+            return Err(format!(
+                "--max-session-bytes must be at least {MIN_SESSION_BYTES} (an empty session takes about 150)"
+            ));
+        }
+        let default_policy = TenantPolicy {
+            lifetime: Lifetime {
+                anonymous_ttl: millis(args.anonymous_ttl),
+                anonymous_max_age: millis(args.anonymous_max_age),
+                customer_ttl: millis(args.customer_ttl),
+            },
+            max_session_bytes: args.max_session_bytes,
+            max_attributes: args.max_attributes,
+            protected: Patterns::new(&args.protected_attribute).map_err(|e| format!("--protected-attribute: {e}"))?,
+            hidden: Patterns::new(&args.hidden_attribute).map_err(|e| format!("--hidden-attribute: {e}"))?,
+            allowed: AllowedValues {
+                currency: allowed("--allowed-currency", TextField::Currency, &args.allowed_currency)?,
+                site_code: allowed("--allowed-site", TextField::SiteCode, &args.allowed_site)?,
+                language: allowed("--allowed-language", TextField::Language, &args.allowed_language)?,
+                target_location: allowed(
+                    "--allowed-target-location",
+                    TextField::TargetLocation,
+                    &args.allowed_target_location,
+                )?,
+            },
+        };
+        let config = args
+            .config
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut tenants = HashMap::new();
+        let mut tenant_cors_origins = HashMap::new();
+        for table in &args.tenant_tables {
+            let at = |e: String| format!("{config}:{}: [tenants.{}] {e}", table.line, table.tenant);
+            tenants.insert(table.tenant.clone(), tenant_policy(&default_policy, table).map_err(at)?);
+            if let Some(origins) = &table.cors_origins {
+                let origins =
+                    CorsOrigins::parse(origins).map_err(|e| at(e.replace("--cors-origin", "cors-origins")))?;
+                tenant_cors_origins.insert(table.tenant.clone(), origins);
+            }
+        }
         Ok(Settings {
             listen: args.listen,
             store: args.store,
@@ -106,10 +156,9 @@ impl Settings {
                 },
             },
             policy: Policy {
-                lifetime: Lifetime {
-                    anonymous_ttl: millis(args.anonymous_ttl),
-                    anonymous_max_age: millis(args.anonymous_max_age),
-                    customer_ttl: millis(args.customer_ttl),
+                tenants: TenantPolicies {
+                    default: default_policy,
+                    tenants,
                 },
                 create_on_first_use: args.create_on_first_use,
             },
@@ -123,9 +172,88 @@ impl Settings {
             request_timeout: args.request_timeout,
             sweep_interval: args.sweep_interval,
             cors_origins,
+            tenant_cors_origins,
             dev_secret,
         })
     }
+}
+
+/// The smallest `--max-session-bytes`: below it, hardly a session could be stored at all.
+const MIN_SESSION_BYTES: usize = 1024;
+
+/// A tenant's policy: the top-level one with what the tenant's table sets instead.
+fn tenant_policy(top: &TenantPolicy, table: &TenantTable) -> Result<TenantPolicy, String> {
+    let mut policy = top.clone();
+    let lifetime = &mut policy.lifetime;
+    if let Some(ttl) = table.anonymous_ttl {
+        lifetime.anonymous_ttl = millis(ttl);
+    }
+    if let Some(age) = table.anonymous_max_age {
+        lifetime.anonymous_max_age = millis(age);
+    }
+    if let Some(ttl) = table.customer_ttl {
+        lifetime.customer_ttl = millis(ttl);
+    }
+    if let Some(bytes) = table.max_session_bytes {
+        if bytes < MIN_SESSION_BYTES {
+            return Err(format!("max-session-bytes must be at least {MIN_SESSION_BYTES}"));
+        }
+        policy.max_session_bytes = bytes;
+    }
+    if let Some(attributes) = table.max_attributes {
+        policy.max_attributes = attributes;
+    }
+    if let Some(patterns) = &table.protected_attributes {
+        policy.protected = Patterns::new(patterns).map_err(|e| format!("protected-attributes: {e}"))?;
+    }
+    if let Some(patterns) = &table.hidden_attributes {
+        policy.hidden = Patterns::new(patterns).map_err(|e| format!("hidden-attributes: {e}"))?;
+    }
+    let lists = [
+        (
+            "allowed-currency",
+            TextField::Currency,
+            &table.allowed_currency,
+            &mut policy.allowed.currency,
+        ),
+        (
+            "allowed-site",
+            TextField::SiteCode,
+            &table.allowed_site,
+            &mut policy.allowed.site_code,
+        ),
+        (
+            "allowed-language",
+            TextField::Language,
+            &table.allowed_language,
+            &mut policy.allowed.language,
+        ),
+        (
+            "allowed-target-location",
+            TextField::TargetLocation,
+            &table.allowed_target_location,
+            &mut policy.allowed.target_location,
+        ),
+    ];
+    for (name, field, values, slot) in lists {
+        if let Some(values) = values {
+            *slot = allowed(name, field, values)?;
+        }
+    }
+    Ok(policy)
+}
+
+/// An `--allowed-*` list, each value checked by the field's input rule (a value no request
+/// could set is surely a typo).
+fn allowed(flag: &str, field: TextField, values: &[String]) -> Result<Vec<String>, String> {
+    let mut list = Vec::new();
+    for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        crate::domain::validate::text_field(field, value).map_err(|e| format!("{flag}: `{value}`: {}", e.message))?;
+        if !list.iter().any(|v| v == value) {
+            list.push(value.to_owned());
+        }
+    }
+    Ok(list)
 }
 
 /// A duration flag as milliseconds; 0 = `None` (no limit).
@@ -203,8 +331,8 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.store.to_string(), "sqlite://./data/session-context.db");
         assert_eq!(s.policy, Policy::default(), "anonymous sessions idle out after 1h");
-        assert_eq!(s.policy.lifetime.anonymous_max_age, None);
-        assert_eq!(s.policy.lifetime.customer_ttl, None);
+        assert_eq!(s.policy.tenants.default.lifetime.anonymous_max_age, None);
+        assert_eq!(s.policy.tenants.default.lifetime.customer_ttl, None);
         assert!(!s.policy.create_on_first_use);
         assert_eq!(s.max_body_bytes, 65_536);
         assert_eq!(s.max_inflight_body_bytes, 64 * 1024 * 1024);
@@ -214,7 +342,7 @@ mod tests {
         assert_eq!(s.dev_secret, None);
         assert_eq!(s.cors_origins, CorsOrigins::Off);
         let never = settings(&["--jwt-secret", "x", "--anonymous-ttl", "0"]).unwrap();
-        assert_eq!(never.policy.lifetime.anonymous_ttl, None);
+        assert_eq!(never.policy.tenants.default.lifetime.anonymous_ttl, None);
         let journey = settings(&[
             "--jwt-secret",
             "x",
@@ -228,7 +356,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            journey.policy.lifetime,
+            journey.policy.tenants.default.lifetime,
             Lifetime {
                 anonymous_ttl: Some(3_000),
                 anonymous_max_age: Some(86_400_000),

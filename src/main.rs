@@ -3,10 +3,9 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use session_context::auth::mint::{TokenSpec, mint_hs256};
-use session_context::cli::{Cli, Command};
-use session_context::config::Settings;
+use session_context::cli::Command;
+use session_context::config::{CommandLineError, Settings, parse_command_line};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: allocation was about a third of the instructions
@@ -15,7 +14,14 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(CommandLineError::Usage(usage)) => usage.exit(),
+        Err(CommandLineError::Config(message)) => {
+            eprintln!("session-context: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => mint_hs256(

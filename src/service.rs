@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::clock::{Clock, Millis, parse_rfc3339};
 use crate::domain::lifetime::{Lifetime, MeAccess, me_access};
-use crate::domain::{PatchRequest, PutRequest, SessionContext, TextField, rules};
+use crate::domain::policy::{Footprint, PolicyError, TenantPolicies, TenantPolicy};
+use crate::domain::{ContextPatch, PatchRequest, PutRequest, SessionContext, TextField, rules};
 use crate::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
 
 /// How many times a change is retried after losing a race before the caller is told to retry.
@@ -54,21 +55,30 @@ pub enum Caller {
     Me(Shopper),
 }
 
-/// How sessions live and what a storefront's first use does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How sessions live, what they may hold and who may write what (per tenant), and what a
+/// storefront's first use does. The default is the command line's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    pub lifetime: Lifetime,
+    pub tenants: TenantPolicies,
     /// A `/me` request (5–8) for a missing session creates it first.
     pub create_on_first_use: bool,
 }
 
-impl Default for Policy {
-    /// The command line's defaults: anonymous sessions idle out after an hour.
-    fn default() -> Self {
+impl Policy {
+    /// The same policy for every tenant.
+    pub fn uniform(policy: TenantPolicy) -> Self {
         Policy {
-            lifetime: Lifetime::anonymous(Some(3_600_000)),
+            tenants: TenantPolicies::uniform(policy),
             create_on_first_use: false,
         }
+    }
+
+    /// The default policy for every tenant, but sessions live as `lifetime` says.
+    pub fn with_lifetime(lifetime: Lifetime) -> Self {
+        Policy::uniform(TenantPolicy {
+            lifetime,
+            ..TenantPolicy::default()
+        })
     }
 }
 
@@ -99,6 +109,9 @@ pub enum ServiceError {
     VersionRequired,
     #[error("too many concurrent changes")]
     Contention,
+    /// The tenant's policy refuses the change (413, 400 or 403).
+    #[error("refused by the tenant's policy: {0:?}")]
+    Policy(PolicyError),
     /// The store cannot be reached or is too busy now (503); the detail is for the log.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -135,17 +148,32 @@ impl From<StoredSession> for Snapshot {
     }
 }
 
+impl From<PolicyError> for ServiceError {
+    fn from(err: PolicyError) -> Self {
+        ServiceError::Policy(err)
+    }
+}
+
 /// The use cases, over any store.
 #[derive(Clone)]
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
-    policy: Policy,
+    policy: Arc<Policy>,
 }
 
 impl Sessions {
     pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, policy: Policy) -> Self {
-        Sessions { store, clock, policy }
+        Sessions {
+            store,
+            clock,
+            policy: Arc::new(policy),
+        }
+    }
+
+    /// The policy of `tenant`.
+    fn policy_of(&self, tenant: &str) -> &TenantPolicy {
+        self.policy.tenants.of(tenant)
     }
 
     /// Whether the store can take writes now (readiness).
@@ -173,7 +201,7 @@ impl Sessions {
                     Step::Proceed => {}
                     // The read answers with what the adoption or creation wrote, at once: a
                     // login is one step, not an adoption and then a later read.
-                    Step::Wrote(Some(written)) => return Ok(written.into()),
+                    Step::Wrote(Some(written)) => return self.shopper_view(key, written.into()),
                     Step::Wrote(None) => {
                         back_off(attempt).await;
                         continue;
@@ -182,9 +210,28 @@ impl Sessions {
             }
             let record = record.ok_or(ServiceError::NotFound)?;
             self.extend_if_due(key, &record, now).await;
-            return Ok(record.into());
+            return match caller {
+                Caller::Management => Ok(record.into()),
+                Caller::Me(_) => self.shopper_view(key, record.into()),
+            };
         }
         Err(ServiceError::Contention)
+    }
+
+    /// A session as a shopper may see it: without the tenant's hidden attributes (the version,
+    /// hence the ETag, is the stored one). Without hidden attributes, the stored JSON as is.
+    fn shopper_view(&self, key: &SessionKey, snapshot: Snapshot) -> Result<Snapshot, ServiceError> {
+        let policy = self.policy_of(&key.tenant);
+        if policy.hidden.is_empty() {
+            return Ok(snapshot);
+        }
+        let mut session: SessionContext =
+            serde_json::from_str(&snapshot.doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        policy.shopper_view(&mut session);
+        Ok(Snapshot {
+            version: snapshot.version,
+            doc: serde_json::to_string(&session).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        })
     }
 
     /// `DELETE /me/context`: ends the caller's own session (a customer's only with its token).
@@ -242,6 +289,12 @@ impl Sessions {
         upsert: bool,
     ) -> Result<Outcome, ServiceError> {
         let customer = shopper.customer.as_deref();
+        if let Some(ContextPatch::Merge(patch)) = &req.context {
+            let policy = self.policy_of(&key.tenant);
+            for name in patch.keys() {
+                policy.check_shopper_key(name)?;
+            }
+        }
         self.update(key, Some(shopper), |current, now| {
             match &current {
                 Some(stored) => check_expected(stored, expected)?,
@@ -261,6 +314,9 @@ impl Sessions {
         name: &str,
         value: &Value,
     ) -> Result<Outcome, ServiceError> {
+        if let Caller::Me(_) = caller {
+            self.policy_of(&key.tenant).check_shopper_key(name)?;
+        }
         self.update(key, shopper(caller), |current, now| {
             let stored = current.ok_or(ServiceError::NotFound)?;
             Ok(Some(rules::set_attribute(stored, name, value, now)))
@@ -275,6 +331,9 @@ impl Sessions {
         caller: &Caller,
         name: &str,
     ) -> Result<Outcome, ServiceError> {
+        if let Caller::Me(_) = caller {
+            self.policy_of(&key.tenant).check_shopper_key(name)?;
+        }
         self.update(key, shopper(caller), |current, now| {
             let stored = current.ok_or(ServiceError::NotFound)?;
             Ok(rules::remove_attribute(stored, name, now))
@@ -317,7 +376,8 @@ impl Sessions {
     /// The optimistic loop shared by every update. `decide` gets the stored session (if any)
     /// and returns the next one, or `None` when nothing is to change. For a `/me` caller
     /// (`shopper`), a login adopts the session and a first use creates it before `decide` runs,
-    /// each as a write of its own.
+    /// each as a write of its own. Every change is then held to the tenant's policy before it
+    /// is written: what a shopper may change, the allowed values, and the size limits.
     async fn update<F>(
         &self,
         key: &SessionKey,
@@ -327,6 +387,10 @@ impl Sessions {
     where
         F: FnMut(Option<SessionContext>, Millis) -> Result<Option<SessionContext>, ServiceError>,
     {
+        let policy = self.policy_of(&key.tenant);
+        // The rules below look at the session before the change only when the policy has
+        // something to compare; else they need nothing but its size.
+        let compares = !policy.allowed.is_empty() || (shopper.is_some() && policy.guards_attributes());
         for attempt in 0..MAX_ATTEMPTS {
             let now = self.now();
             let record = self.store.load(key, now).await?;
@@ -341,22 +405,39 @@ impl Sessions {
                 }
                 continue;
             }
-            let Some(next) = decide(current, now)? else {
+            let footprint = record.as_ref().zip(current.as_ref()).map(|(r, c)| Footprint {
+                bytes: r.doc.len(),
+                attributes: c.context.len(),
+            });
+            let before = if compares { current.clone() } else { None };
+            let Some(mut next) = decide(current, now)? else {
                 if let Some(record) = &record {
                     self.extend_if_due(key, record, now).await;
                 }
                 return Ok(Outcome::Unchanged);
             };
+            if shopper.is_some() {
+                policy.keep_hidden(before.as_ref(), &mut next);
+                policy.check_shopper_change(before.as_ref(), &next)?;
+            }
+            policy
+                .allowed
+                .check(before.as_ref(), &next)
+                .map_err(PolicyError::NotAllowed)?;
             let (expect, generation) = match &record {
                 Some(r) => (Expect::unchanged(r), r.generation),
                 None => (Expect::Absent, StoredSession::new_generation()?),
             };
             let version = next.metadata.version;
-            match self
-                .store
-                .write(key, expect, &self.record(&next, generation, now)?, now)
-                .await
-            {
+            let written = self.record(key, &next, generation, now)?;
+            policy.check_limits(
+                footprint,
+                Footprint {
+                    bytes: written.doc.len(),
+                    attributes: next.context.len(),
+                },
+            )?;
+            match self.store.write(key, expect, &written, now).await {
                 Ok(()) if record.is_none() => return Ok(Outcome::Created { version }),
                 Ok(()) => return Ok(Outcome::Updated { version }),
                 Err(StoreError::Conflict) => back_off(attempt).await,
@@ -394,13 +475,21 @@ impl Sessions {
                 (adopted, Expect::unchanged(record), record.generation)
             }
             _ if self.policy.create_on_first_use => {
-                let created =
-                    rules::create_for_shopper(&key.session_id, shopper.customer.as_deref(), &shopper.defaults, now);
+                // Claim values outside the tenant's allowed lists are left out, as invalid
+                // ones are.
+                let allowed = &self.policy_of(&key.tenant).allowed;
+                let defaults: Vec<_> = shopper
+                    .defaults
+                    .iter()
+                    .filter(|(field, value)| allowed.allows(*field, value))
+                    .cloned()
+                    .collect();
+                let created = rules::create_for_shopper(&key.session_id, shopper.customer.as_deref(), &defaults, now);
                 (created, Expect::Absent, StoredSession::new_generation()?)
             }
             _ => return Ok(Step::Proceed),
         };
-        let record = self.record(&next, generation, now)?;
+        let record = self.record(key, &next, generation, now)?;
         match self.store.write(key, expect, &record, now).await {
             Ok(()) => Ok(Step::Wrote(Some(record))),
             Err(StoreError::Conflict) => Ok(Step::Wrote(None)),
@@ -408,12 +497,18 @@ impl Sessions {
         }
     }
 
-    /// The record that stores `session`, used at `now`.
-    fn record(&self, session: &SessionContext, generation: i64, now: Millis) -> Result<StoredSession, ServiceError> {
+    /// The record that stores `session` (under `key`), used at `now`.
+    fn record(
+        &self,
+        key: &SessionKey,
+        session: &SessionContext,
+        generation: i64,
+        now: Millis,
+    ) -> Result<StoredSession, ServiceError> {
         Ok(StoredSession {
             version: session.metadata.version,
             generation,
-            expires_at: self.policy.lifetime.expires_at(
+            expires_at: self.policy_of(&key.tenant).lifetime.expires_at(
                 session.customer_id.is_some(),
                 session.metadata.created_at,
                 now,
@@ -427,7 +522,7 @@ impl Sessions {
     /// meanwhile got a fresh expiry from that change, so losing a race here is fine, and so is
     /// a store that cannot extend right now (the use itself succeeded).
     async fn extend_if_due(&self, key: &SessionKey, record: &StoredSession, now: Millis) {
-        let lifetime = &self.policy.lifetime;
+        let lifetime = &self.policy_of(&key.tenant).lifetime;
         let (Some(current), Some(longest)) = (record.expires_at, lifetime.longest_idle()) else {
             return;
         };

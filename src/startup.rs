@@ -29,7 +29,7 @@ pub async fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<A
     let store = store::open(&settings.store)
         .await
         .map_err(|e| format!("cannot open the store {}: {e}", settings.store))?;
-    let sessions = Sessions::new(store, clock, settings.policy);
+    let sessions = Sessions::new(store, clock, settings.policy.clone());
     Ok(AppState::new(
         sessions,
         Arc::new(verifier),
@@ -85,6 +85,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             max_inflight_body_bytes: settings.max_inflight_body_bytes,
             request_timeout: settings.request_timeout,
             cors_origins: settings.cors_origins.clone(),
+            tenant_cors_origins: settings.tenant_cors_origins.clone(),
         },
     );
     let limits = ConnectionLimits {

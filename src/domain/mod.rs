@@ -4,12 +4,14 @@
 
 pub mod json;
 pub mod lifetime;
+pub mod policy;
 pub mod request;
 pub mod rules;
 pub mod session;
 pub mod validate;
 
 pub use lifetime::{Lifetime, MeAccess};
+pub use policy::{PolicyError, TenantPolicies, TenantPolicy};
 pub use request::{ContextPatch, FieldChange, PatchRequest, PutRequest};
 pub use rules::VersionMismatch;
 pub use session::{Metadata, SessionContext, SessionKey, TextField};

@@ -126,6 +126,19 @@ impl SessionContext {
         }
     }
 
+    /// The value of `field`, if set.
+    pub fn text(&self, field: TextField) -> Option<&str> {
+        match field {
+            TextField::CustomerId => &self.customer_id,
+            TextField::SiteCode => &self.site_code,
+            TextField::Currency => &self.currency,
+            TextField::TargetLocation => &self.target_location,
+            TextField::Language => &self.language,
+            TextField::CartId => &self.cart_id,
+        }
+        .as_deref()
+    }
+
     /// The slot that holds `field`.
     pub fn text_mut(&mut self, field: TextField) -> &mut Option<String> {
         match field {

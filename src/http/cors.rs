@@ -3,6 +3,7 @@
 //! preflights and marks every other answer to an allowed origin. Tokens travel in headers, so
 //! credentials mode is never enabled.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method, header};
@@ -66,15 +67,49 @@ impl CorsOrigins {
             CorsOrigins::Any => AllowOrigin::any(),
             CorsOrigins::List(origins) => AllowOrigin::list(origins.iter().cloned()),
         };
-        Some(
-            CorsLayer::new()
-                .allow_origin(allow_origin)
-                .allow_methods([Method::GET, Method::PUT, Method::PATCH, Method::POST, Method::DELETE])
-                .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
-                .expose_headers([header::ETAG])
-                .max_age(PREFLIGHT_MAX_AGE),
-        )
+        Some(layer(allow_origin))
     }
+
+    /// Whether a browser on `origin` may call.
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        match self {
+            CorsOrigins::Off => false,
+            CorsOrigins::Any => true,
+            CorsOrigins::List(origins) => origins.contains(origin),
+        }
+    }
+}
+
+/// The CORS layer for the top-level origins and the tenants with origins of their own
+/// (`cors-origins` in a `[tenants.<name>]` table, which replaces the top-level list for
+/// requests under `/session-context/<name>/`). Without tenant lists, exactly
+/// [`CorsOrigins::layer`]; with them, the origin is looked up per request, and an allowed
+/// origin is answered with itself (and `Vary: Origin`) even where any origin is allowed.
+pub fn tenant_layer(default: &CorsOrigins, tenants: &HashMap<String, CorsOrigins>) -> Option<CorsLayer> {
+    if tenants.is_empty() {
+        return default.layer();
+    }
+    if *default == CorsOrigins::Off && tenants.values().all(|t| *t == CorsOrigins::Off) {
+        return None;
+    }
+    let (default, tenants) = (default.clone(), tenants.clone());
+    Some(layer(AllowOrigin::predicate(move |origin, parts| {
+        let tenant = parts
+            .uri
+            .path()
+            .strip_prefix("/session-context/")
+            .and_then(|rest| rest.split('/').next());
+        tenant.and_then(|t| tenants.get(t)).unwrap_or(&default).allows(origin)
+    })))
+}
+
+fn layer(allow_origin: AllowOrigin) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::PUT, Method::PATCH, Method::POST, Method::DELETE])
+        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers([header::ETAG])
+        .max_age(PREFLIGHT_MAX_AGE)
 }
 
 /// `value` as a browser would send it in `Origin` (lowercase host, no default port), if it is

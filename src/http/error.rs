@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::FieldError;
+use crate::domain::{FieldError, PolicyError};
 use crate::service::ServiceError;
 
 /// A failed request: what went wrong and, when one was addressed, which session.
@@ -36,6 +36,8 @@ pub enum ErrorKind {
     Unauthenticated { message: &'static str },
     /// 403: a valid token that does not grant this.
     Forbidden { message: &'static str },
+    /// 403: a shopper's change to an attribute the tenant's policy keeps from shoppers.
+    ProtectedAttribute { key: String },
     /// 404: the session does not exist (or has expired).
     SessionNotFound,
     /// 404: no such route.
@@ -50,6 +52,8 @@ pub enum ErrorKind {
     PreconditionFailed { current: u64 },
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge,
+    /// 413: the change would make the session larger than the tenant's limit.
+    SessionTooLarge { limit: usize },
     /// 415: a body that is not `application/json`, or that comes with a `Content-Encoding`.
     UnsupportedMediaType { message: &'static str },
     /// 500: a bug or a corrupt record; details are in the log.
@@ -149,13 +153,13 @@ impl ApiError {
         match self.kind {
             ErrorKind::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            ErrorKind::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden { .. } | ErrorKind::ProtectedAttribute { .. } => StatusCode::FORBIDDEN,
             ErrorKind::SessionNotFound | ErrorKind::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::VersionConflict { .. } => StatusCode::CONFLICT,
             ErrorKind::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::PayloadTooLarge | ErrorKind::SessionTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -168,6 +172,16 @@ impl ApiError {
             ErrorKind::BadRequest { message, details } => ("validation_error", message, None, details),
             ErrorKind::Unauthenticated { message } => ("unauthorized", message.into(), None, vec![]),
             ErrorKind::Forbidden { message } => ("forbidden", message.into(), None, vec![]),
+            ErrorKind::ProtectedAttribute { key } => (
+                "forbidden",
+                format!("The attribute `{key}` may not be changed with this token"),
+                None,
+                vec![FieldError::new(
+                    format!("context.{key}"),
+                    "protected",
+                    "this attribute is set by the shop, not by the shopper",
+                )],
+            ),
             ErrorKind::SessionNotFound => ("resource_not_found", "Session not found".into(), None, vec![]),
             ErrorKind::RouteNotFound => ("resource_not_found", "No such resource".into(), None, vec![]),
             ErrorKind::MethodNotAllowed => (
@@ -197,6 +211,12 @@ impl ApiError {
             ErrorKind::PayloadTooLarge => (
                 "payload_too_large",
                 "The request body is too large".into(),
+                None,
+                vec![],
+            ),
+            ErrorKind::SessionTooLarge { limit } => (
+                "session_too_large",
+                format!("The session would be larger than the limit of {limit} bytes"),
                 None,
                 vec![],
             ),
@@ -252,6 +272,18 @@ impl From<ServiceError> for ApiError {
                     "metadata.version (or If-Match) is required to update an existing session",
                 ));
             }
+            ServiceError::Policy(refusal) => match refusal {
+                PolicyError::TooLarge { limit } => ErrorKind::SessionTooLarge { limit },
+                PolicyError::TooManyAttributes { limit } => {
+                    return ApiError::invalid(FieldError::new(
+                        "context",
+                        "too_many_attributes",
+                        format!("a session may have at most {limit} attributes"),
+                    ));
+                }
+                PolicyError::Protected { key } => ErrorKind::ProtectedAttribute { key },
+                PolicyError::NotAllowed(field) => return ApiError::invalid(field),
+            },
             ServiceError::Contention => {
                 tracing::warn!("gave up on a change after too many concurrent writers");
                 ErrorKind::Unavailable

@@ -86,6 +86,8 @@ pub struct RequestLimits {
     pub request_timeout: Duration,
     /// Browser origins allowed to call the API (CORS); off by default.
     pub cors_origins: cors::CorsOrigins,
+    /// Tenants with browser origins of their own (replacing `cors_origins` for them).
+    pub tenant_cors_origins: std::collections::HashMap<String, cors::CorsOrigins>,
 }
 
 impl Default for RequestLimits {
@@ -96,6 +98,7 @@ impl Default for RequestLimits {
             max_inflight_body_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             cors_origins: cors::CorsOrigins::Off,
+            tenant_cors_origins: std::collections::HashMap::new(),
         }
     }
 }
@@ -132,7 +135,7 @@ pub fn router(state: AppState, limits: &RequestLimits) -> Router {
     // including those the other layers make themselves (500 from catch-panic, 413/503 from
     // admission, 408 from the timeout). It answers preflights itself, so they need no token
     // (and are not counted in the metrics).
-    match limits.cors_origins.layer() {
+    match cors::tenant_layer(&limits.cors_origins, &limits.tenant_cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,
     }

@@ -208,6 +208,7 @@ async fn admission_503_and_timeout_408_carry_the_headers_too() {
         max_inflight_body_bytes: 1024,
         request_timeout: Duration::from_secs(2),
         cors_origins: cors_origins(&[SHOP]),
+        ..Default::default()
     });
     let put = |body: Body, length: usize| {
         let mut request = from(SHOP, Method::PUT, &context_path("s1", "?upsert=true"), Some(&manager()));

@@ -63,14 +63,11 @@ async fn create_for_customer(app: &TestApp, id: &str, customer: &str) {
 }
 
 async fn the_anonymous_cap_ends_a_session_however_much_it_is_used(backend: Backend) {
-    let policy = Policy {
-        lifetime: Lifetime {
-            anonymous_ttl: Some(ms(60 * MINUTE)),
-            anonymous_max_age: Some(ms(120 * MINUTE)),
-            customer_ttl: None,
-        },
-        create_on_first_use: false,
-    };
+    let policy = Policy::with_lifetime(Lifetime {
+        anonymous_ttl: Some(ms(60 * MINUTE)),
+        anonymous_max_age: Some(ms(120 * MINUTE)),
+        customer_ttl: None,
+    });
     let app = TestApp::new(backend).await.with_policy(policy);
     anonymous_visit(&app, "busy").await;
     let token = anonymous("busy");
@@ -98,13 +95,10 @@ async fn customer_sessions_idle_out_only_with_a_customer_ttl(backend: Backend) {
         "never, by default"
     );
 
-    let policy = Policy {
-        lifetime: Lifetime {
-            customer_ttl: Some(ms(30 * MINUTE)),
-            ..test_policy().lifetime
-        },
-        create_on_first_use: false,
-    };
+    let policy = Policy::with_lifetime(Lifetime {
+        customer_ttl: Some(ms(30 * MINUTE)),
+        ..test_policy().tenants.default.lifetime
+    });
     let app = app.with_policy(policy);
     // A write under the new policy starts the customer's idle timeout.
     let post = app

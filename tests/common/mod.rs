@@ -157,10 +157,7 @@ extern "C" fn report_skipped() {
 
 /// The tests' policy: anonymous sessions idle out after [`TTL`]; nothing else.
 pub fn test_policy() -> Policy {
-    Policy {
-        lifetime: Lifetime::anonymous(Some(TTL.as_millis() as i64)),
-        create_on_first_use: false,
-    }
+    Policy::with_lifetime(Lifetime::anonymous(Some(TTL.as_millis() as i64)))
 }
 
 /// A fresh, random lowercase name, so that tests sharing one server never see each other's data.

@@ -246,14 +246,11 @@ fn run_sequence(backend: Backend, ops: &[Op]) {
         let _share = backend.share().await;
         let (store, _dir) = open_store(backend).await;
         let clock = Arc::new(ManualClock::new(START));
-        let policy = Policy {
-            lifetime: Lifetime {
-                anonymous_ttl: CONTRACT.idle,
-                anonymous_max_age: CONTRACT.max_age,
-                customer_ttl: None,
-            },
-            create_on_first_use: false,
-        };
+        let policy = Policy::with_lifetime(Lifetime {
+            anonymous_ttl: CONTRACT.idle,
+            anonymous_max_age: CONTRACT.max_age,
+            customer_ttl: None,
+        });
         let sessions = Sessions::new(store, clock.clone(), policy);
         let mut model: Vec<State> = vec![None; IDS.len()];
         let mut now = START;
