@@ -287,6 +287,128 @@ mod tests {
         }
     }
 
+    /// `serve --config <a file with text>` plus `flags`, as the binary parses it.
+    fn from_file(text: &str, flags: &[&str]) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session-context.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut argv = vec![
+            "session-context".into(),
+            "serve".into(),
+            "--config".into(),
+            path.clone().into(),
+        ];
+        argv.extend(flags.iter().map(std::ffi::OsString::from));
+        let cli = match parse_command_line(argv) {
+            Ok(cli) => cli,
+            Err(CommandLineError::Usage(e)) => return Err(e.to_string()),
+            Err(CommandLineError::Config(e)) => {
+                return Err(e.replace(&path.display().to_string(), "FILE"));
+            }
+        };
+        match cli.command {
+            Command::Serve(a) => Settings::from_args(*a).map_err(|e| e.replace(&path.display().to_string(), "FILE")),
+            _ => unreachable!("parsed serve"),
+        }
+    }
+
+    const EXAMPLE: &str = r#"
+jwt-secret = "0123456789abcdef0123456789abcdef"
+max-attributes = 50
+max-session-bytes = 32_768
+anonymous-ttl = "30m"
+create-on-first-use = true
+protected-attributes = ["b2b.*", "priceList"]
+hidden-attributes = ["internal.*"]
+allowed-currency = ["EUR", "CHF"]
+cors-origins = ["https://shop.example"]
+
+[tenants.outlet]
+max-attributes = 5
+anonymous-ttl = "2h"
+protected-attributes = []
+allowed-currency = ["USD"]
+cors-origins = ["https://outlet.example"]
+"#;
+
+    #[test]
+    fn a_config_file_sets_flags_and_tenant_tables_override_them() {
+        let s = from_file(EXAMPLE, &[]).unwrap();
+        let top = &s.policy.tenants.default;
+        assert_eq!((top.max_attributes, top.max_session_bytes), (50, 32_768));
+        assert_eq!(top.lifetime.anonymous_ttl, Some(30 * 60_000));
+        assert!(s.policy.create_on_first_use);
+        assert!(top.protected.matches("b2b.x") && top.protected.matches("priceList"));
+        assert!(top.hidden.matches("internal.score"));
+        assert_eq!(top.allowed.currency, ["EUR", "CHF"]);
+        assert_eq!(
+            s.cors_origins,
+            CorsOrigins::List(vec!["https://shop.example".parse().unwrap()])
+        );
+        let outlet = s.policy.tenants.of("outlet");
+        assert_eq!(outlet.max_attributes, 5);
+        assert_eq!(outlet.max_session_bytes, 32_768, "not in the table: the top level's");
+        assert_eq!(outlet.lifetime.anonymous_ttl, Some(2 * 3_600_000));
+        assert!(
+            outlet.protected.is_empty(),
+            "a tenant's list replaces the top-level one"
+        );
+        assert!(outlet.hidden.matches("internal.score"));
+        assert_eq!(outlet.allowed.currency, ["USD"]);
+        assert_eq!(
+            s.tenant_cors_origins["outlet"],
+            CorsOrigins::List(vec!["https://outlet.example".parse().unwrap()])
+        );
+        assert_eq!(s.policy.tenants.of("other"), top);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_tenant_tables_win_over_both() {
+        let s = from_file(EXAMPLE, &["--max-attributes", "7", "--allowed-currency", "GBP"]).unwrap();
+        assert_eq!(s.policy.tenants.default.max_attributes, 7);
+        assert_eq!(s.policy.tenants.default.allowed.currency, ["GBP"]);
+        assert_eq!(s.policy.tenants.of("outlet").max_attributes, 5);
+    }
+
+    #[test]
+    fn a_bad_file_stops_the_start_naming_the_key_and_the_line() {
+        let cases: [(&str, &[&str]); 9] = [
+            (
+                "listen = \"127.0.0.1:1\"\n\nmax-atributes = 5\n",
+                &["FILE:3", "max-atributes"],
+            ),
+            ("anonymous-ttl = \"2 fortnights\"\n", &["FILE:1", "anonymous-ttl"]),
+            ("\n\nmax-attributes = \"many\"\n", &["FILE:3", "max-attributes"]),
+            ("max-attributes = [1]\n", &["FILE:1", "max-attributes", "one value"]),
+            (
+                "protected-attributes = \"a\"\n",
+                &["FILE:1", "protected-attributes", "array"],
+            ),
+            (
+                "\nallowed-currency = [\"EUR\", \"eur\"]\n",
+                &["FILE:2", "allowed-currency", "eur"],
+            ),
+            (
+                "[tenants.outlet]\nmax-attributes = 5\ncolour = 1\n",
+                &["line 3", "colour"],
+            ),
+            ("[tenants.outlet]\nanonymous-ttl = \"soon\"\n", &["line 2", "soon"]),
+            ("\n[tenants.Outlet]\n", &["FILE:2", "tenants.Outlet"]),
+        ];
+        for (text, expected) in cases {
+            let err = from_file(text, &["--jwt-secret", "x"]).unwrap_err();
+            for part in expected {
+                assert!(err.contains(part), "{text:?}: {err}");
+            }
+        }
+        let err = from_file(
+            "[tenants.outlet]\nallowed-currency = [\"eur\"]\n",
+            &["--jwt-secret", "x"],
+        )
+        .unwrap_err();
+        assert!(err.contains("FILE:1") && err.contains("allowed-currency"), "{err}");
+    }
+
     #[test]
     fn cors_origins_are_repeatable_and_checked_at_start() {
         let with = |flags: &[&str]| settings(&[&["--jwt-secret", "x"], flags].concat());

@@ -67,13 +67,15 @@ pub enum ErrorKind {
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description only
 pub enum SessionErrors {
-    /// The request breaks an input rule; `details` names the fields.
+    /// The request breaks an input rule, the tenant's attribute limit (`details[].type`
+    /// `too_many_attributes`) or its allowed values (`not_allowed`); `details` names the fields.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// No token, or one that does not verify (or a missing saas-token).
     #[response(status = 401)]
     Unauthenticated(ErrorBody),
-    /// A valid token that does not grant this.
+    /// A valid token that does not grant this, or a storefront token changing an attribute the
+    /// tenant protects or hides from shoppers (`details` names it, type `protected`).
     #[response(status = 403)]
     Forbidden(ErrorBody),
     /// The session does not exist or has expired.
@@ -88,7 +90,8 @@ pub enum SessionErrors {
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description only
 pub enum BodyErrors {
-    /// The body is larger than the limit.
+    /// The body is larger than the limit (`payload_too_large`), or the change would make the
+    /// session larger than the tenant's limit (`session_too_large`); nothing is stored.
     #[response(status = 413)]
     PayloadTooLarge(ErrorBody),
     /// The body is not `application/json`, or is encoded.

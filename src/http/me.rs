@@ -25,7 +25,7 @@ use crate::service::Caller;
             description = "Entity tags (\"3\") or *: 304 without a body when the session's matches"),
     ),
     responses(
-        (status = 200, description = "The session context", body = SessionContext,
+        (status = 200, description = "The session context, without the attributes the tenant hides from shoppers (--hidden-attribute)", body = SessionContext,
             headers(("ETag" = String, description = "The version in quotes"))),
         (status = 304, description = "Not modified: If-None-Match matched",
             headers(("ETag" = String, description = "The version in quotes"))),

@@ -6,6 +6,8 @@
 //! - `journey`: the shopper's journey (lifetimes, login adoption, first use, logout);
 //! - `auth_matrix`: every kind of bad or insufficient token on every endpoint;
 //! - `cors`: browser storefronts through the router;
+//! - `policy`: the tenant policy (limits, protected and hidden attributes, allowed values), on
+//!   every store;
 //! - `fuzz_regressions`: every committed fuzz input replayed through the fuzz targets' checks.
 //!
 //! Run one part with a filter: `cargo test --test api journey::`.
@@ -19,3 +21,4 @@ mod cors;
 mod endpoints;
 mod fuzz_regressions;
 mod journey;
+mod policy;

@@ -28,6 +28,11 @@ impl Server {
 
     /// Starts on `listen` (for a restart on the address a killed server had).
     pub fn start_listening(listen: &str, args: &[&str]) -> Server {
+        Self::start_with_env(listen, args, &[])
+    }
+
+    /// Starts on `listen` with these `SESSION_CONTEXT_*` variables (and no others).
+    pub fn start_with_env(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(BIN);
         command.arg("serve").args(["--listen", listen]).args(args);
         for (name, _) in std::env::vars() {
@@ -35,6 +40,7 @@ impl Server {
                 command.env_remove(name);
             }
         }
+        command.envs(env.iter().copied());
         let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

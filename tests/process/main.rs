@@ -4,6 +4,7 @@
 //! - `binary`: start, SIGTERM, SIGKILL under load, the command line, the SQLite file taken away
 //!   or the disk full, Redis with writes paused; `binary::cors`: a storefront in headless Chromium;
 //! - `attacks`: slow headers, the connection cap, unfinished bodies, memory under hostile clients;
+//! - `policy`: a --config file and the environment, a shopper growing a session, a bad file;
 //! - `scale_out`: several processes on one shared store, the store taken away and brought back;
 //! - `cluster_outage`: every Redis Cluster node paused under a running service;
 //! - `postgres_tls`, `redis_tls`: the stores over TLS with a private certificate authority.
@@ -17,6 +18,7 @@ mod common;
 mod attacks;
 mod binary;
 mod cluster_outage;
+mod policy;
 mod postgres_tls;
 mod redis_tls;
 mod scale_out;
