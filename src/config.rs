@@ -363,6 +363,14 @@ cors-origins = ["https://outlet.example"]
     }
 
     #[test]
+    fn the_documented_example_file_is_valid() {
+        let example = include_str!("../docs/session-context.example.toml");
+        let s = from_file(example, &["--jwt-secret", "x"]).unwrap();
+        assert_eq!(s.policy.tenants.of("outlet").allowed.currency, ["EUR"]);
+        assert_eq!(s.policy.tenants.default.allowed.language, ["de", "fr", "it", "en"]);
+    }
+
+    #[test]
     fn flags_win_over_the_file_and_tenant_tables_win_over_both() {
         let s = from_file(EXAMPLE, &["--max-attributes", "7", "--allowed-currency", "GBP"]).unwrap();
         assert_eq!(s.policy.tenants.default.max_attributes, 7);
