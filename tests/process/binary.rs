@@ -205,6 +205,12 @@ fn help_explains_every_flag() {
         "--claim-tenant",
         "--anonymous-ttl",
         "--max-body-bytes",
+        "--max-session-bytes",
+        "--max-attributes",
+        "--protected-attribute",
+        "--hidden-attribute",
+        "--allowed-currency",
+        "--config",
         "--dev",
     ] {
         assert!(help.contains(flag), "{flag} is missing from --help");
