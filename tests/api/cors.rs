@@ -130,6 +130,37 @@ async fn an_origin_not_on_the_list_never_gets_allow_origin() {
     }
 }
 
+/// `cors-origins` in a `[tenants.<name>]` table replaces the top-level list for that tenant's
+/// paths; other tenants (and paths outside a tenant) keep the top-level list.
+#[tokio::test]
+async fn a_tenant_with_origins_of_its_own_replaces_the_top_level_list() {
+    const OUTLET: &str = "https://outlet.example";
+    let app = TestApp::with_limits(session_context::http::RequestLimits {
+        cors_origins: cors_origins(&[SHOP]),
+        tenant_cors_origins: std::collections::HashMap::from([("outlet".to_owned(), cors_origins(&[OUTLET]))]),
+        ..Default::default()
+    });
+    let outlet_path = "/session-context/outlet/me/context";
+    assert_preflight_allowed(&app.send(preflight(outlet_path, OUTLET, "PATCH")).await, OUTLET);
+    let refused = app.send(preflight(outlet_path, SHOP, "PATCH")).await;
+    assert_eq!(refused.header("access-control-allow-origin"), None, "{refused:?}");
+    assert_preflight_allowed(&app.send(preflight(&me_path(""), SHOP, "PATCH")).await, SHOP);
+    let refused = app.send(preflight(&me_path(""), OUTLET, "PATCH")).await;
+    assert_eq!(refused.header("access-control-allow-origin"), None, "{refused:?}");
+    // Answers (not only preflights) follow the same lists, errors included.
+    let answer = app.send(from(OUTLET, Method::GET, outlet_path, None)).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_answered_to(&answer, OUTLET);
+    // A tenant whose list is empty has no CORS at all, though the top level has.
+    let app = TestApp::with_limits(session_context::http::RequestLimits {
+        cors_origins: cors_origins(&[SHOP]),
+        tenant_cors_origins: std::collections::HashMap::from([("outlet".to_owned(), cors_origins(&[]))]),
+        ..Default::default()
+    });
+    let refused = app.send(preflight(outlet_path, SHOP, "PATCH")).await;
+    assert_eq!(refused.header("access-control-allow-origin"), None, "{refused:?}");
+}
+
 #[tokio::test]
 async fn a_star_allows_any_origin_with_a_star() {
     let app = TestApp::with_cors(&["*"]);
