@@ -17,6 +17,8 @@ fn record(version: u64, expires_at: Option<i64>, doc: &str) -> StoredSession {
         generation: GENERATION,
         expires_at,
         doc: doc.to_owned(),
+        customer: None,
+        modified_at: 0,
     }
 }
 
