@@ -1014,3 +1014,191 @@ async fn a_customer_with_many_sessions_lists_a_page_and_deletes_them_all(backend
         "{backend:?}: {many} sessions written in {written:?}, a page listed in {listed:?}, all deleted in {deleted:?}"
     );
 }
+
+/// The document of a session written by an earlier release: customer `c1` when `customer`,
+/// last modified at 2026-02-04T16:30:04.047Z plus `seconds`.
+fn old_doc(id: &str, customer: bool, seconds: u32) -> String {
+    let customer = if customer { r#""customerId":"c1","# } else { "" };
+    format!(
+        r#"{{"sessionId":"{id}",{customer}"context":{{}},"metadata":{{"version":3,"createdAt":"2026-02-04T16:30:00.000Z","modifiedAt":"2026-02-04T16:30:{:02}.047Z"}}}}"#,
+        4 + seconds
+    )
+}
+
+/// 2026-02-04T16:30:04.047Z
+const OLD_MODIFIED: i64 = 1_770_222_604_047;
+
+/// After the upgrade, `store` finds the sessions `old_doc` wrote for `c1` ("new" modified a
+/// second after "old"), with their customer and time, and only those.
+async fn old_sessions_are_found_by_customer(store: &dyn SessionStore) {
+    let list = store
+        .list_customer_sessions(&customer("c1"), page(0, 10), NOW)
+        .await
+        .unwrap();
+    assert_eq!((ids(&list), list.total), (vec!["new", "old"], 2));
+    let (_, old) = &list.sessions[1];
+    assert_eq!((old.customer.as_deref(), old.modified_at), (Some("c1"), OLD_MODIFIED));
+    assert_eq!(list.sessions[0].1.modified_at, OLD_MODIFIED + 1_000);
+    assert_eq!(old.doc, old_doc("old", true, 0));
+    let removed = store
+        .delete_customer_sessions(&customer("c1"), None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(
+        store.load(&key("anon"), NOW).await.unwrap().is_some(),
+        "an anonymous session stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrade_finds_existing_sessions_by_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        // the schema as the third migration left it
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sessions (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, session_id TEXT NOT NULL,
+                 version INTEGER NOT NULL, expires_at INTEGER, doc TEXT NOT NULL,
+                 generation INTEGER NOT NULL DEFAULT 0);
+             CREATE UNIQUE INDEX sessions_key ON sessions (tenant, session_id);
+             CREATE INDEX sessions_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        for (id, customer, seconds) in [("old", true, 0), ("new", true, 1), ("anon", false, 2)] {
+            conn.execute(
+                "INSERT INTO sessions (tenant, session_id, version, expires_at, doc) VALUES ('shop', ?1, 3, NULL, ?2)",
+                rusqlite::params![id, old_doc(id, customer, seconds)],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO sessions (tenant, session_id, version, expires_at, doc) VALUES ('shop', 'odd', 1, NULL, 'not json')",
+            [],
+        )
+        .unwrap();
+    }
+    let store = session_context::store::SqliteStore::open(&path).await.unwrap();
+    old_sessions_are_found_by_customer(&store).await;
+    assert_eq!(store.load(&key("odd"), NOW).await.unwrap().unwrap().doc, "not json");
+}
+
+/// A database migrated by the release before the customer index (two migrations) gets it,
+/// built from its sessions' documents.
+async fn postgres_upgrade_finds_existing_sessions_by_customer(backend: Backend) {
+    let url = crate::common::namespaced_url(backend).await;
+    let before = tempfile::tempdir().unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    for name in ["0001_sessions.sql", "0002_generation.sql"] {
+        std::fs::copy(migrations.join(name), before.path().join(name)).unwrap();
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let rows = [
+        ("old", old_doc("old", true, 0)),
+        ("new", old_doc("new", true, 1)),
+        ("anon", old_doc("anon", false, 2)),
+        ("odd", "not json".to_owned()),
+    ];
+    for (id, doc) in rows {
+        sqlx::query(
+            "INSERT INTO sessions (tenant, session_id, version, expires_at, doc) VALUES ('shop', $1, 3, NULL, $2)",
+        )
+        .bind(id)
+        .bind(doc)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
+    old_sessions_are_found_by_customer(store.as_ref()).await;
+    assert_eq!(store.load(&key("odd"), NOW).await.unwrap().unwrap().doc, "not json");
+}
+
+on_backend!(
+    postgres_customer_upgrade,
+    Postgres,
+    postgres_upgrade_finds_existing_sessions_by_customer
+);
+
+/// Sessions written before the customer index (hashes without fields `c` and `m`, no index
+/// entry) are listed under their customer by the backfill the store starts when it opens, and
+/// a write or delete of them keeps the index right.
+async fn redis_upgrade_finds_existing_sessions_by_customer(backend: Backend) {
+    let url = crate::common::namespaced_url(backend).await;
+    let prefix = url.rsplit_once("prefix=").unwrap().1.to_owned();
+    let base = backend.server_url().unwrap();
+    let old_hashes = [
+        ("old", old_doc("old", true, 0)),
+        ("new", old_doc("new", true, 1)),
+        ("anon", old_doc("anon", false, 2)),
+        ("odd", "not json".to_owned()),
+    ];
+    if backend == Backend::RedisCluster {
+        let nodes: Vec<String> = base
+            .trim_start_matches("redis-cluster://")
+            .split(',')
+            .map(|n| format!("redis://{n}"))
+            .collect();
+        let client = ::redis::cluster::ClusterClient::new(nodes).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        for (id, doc) in &old_hashes {
+            let _: () = ::redis::cmd("HSET")
+                .arg(format!("{prefix}:{{shop:{id}}}"))
+                .arg(&["v", "3", "d", doc.as_str()])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    } else {
+        let mut conn = ::redis::Client::open(base.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for (id, doc) in &old_hashes {
+            let _: () = ::redis::cmd("HSET")
+                .arg(format!("{prefix}:{{shop:{id}}}"))
+                .arg(&["v", "3", "d", doc.as_str()])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
+    // the backfill runs in the background: wait for it (it takes milliseconds here)
+    for _ in 0..100 {
+        let list = store
+            .list_customer_sessions(&customer("c1"), page(0, 10), NOW)
+            .await
+            .unwrap();
+        if list.total == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // an old session loads with its customer and time, from its document
+    let old = store.load(&key("old"), NOW).await.unwrap().unwrap();
+    assert_eq!((old.customer.as_deref(), old.modified_at), (Some("c1"), OLD_MODIFIED));
+    old_sessions_are_found_by_customer(store.as_ref()).await;
+    assert_eq!(store.load(&key("odd"), NOW).await.unwrap().unwrap().doc, "not json");
+}
+
+on_backend!(
+    redis_customer_upgrade,
+    Redis,
+    redis_upgrade_finds_existing_sessions_by_customer
+);
+on_backend!(
+    redis_cluster_customer_upgrade,
+    RedisCluster,
+    redis_upgrade_finds_existing_sessions_by_customer
+);
