@@ -63,6 +63,8 @@ async fn write_one(store: &dyn SessionStore, tenant: &str, id: &str, bytes: usiz
         generation: StoredSession::new_generation().map_err(|e| e.to_string())?,
         expires_at: None,
         doc: serde_json::to_string(&session).map_err(|e| e.to_string())?,
+        customer: session.customer_id.clone(),
+        modified_at: session.metadata.modified_at,
     };
     match store
         .write(&SessionKey::new(tenant, id), Expect::Absent, &record, now)

@@ -514,6 +514,8 @@ impl Sessions {
                 now,
             ),
             doc: serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            customer: session.customer_id.clone(),
+            modified_at: session.metadata.modified_at,
         })
     }
 

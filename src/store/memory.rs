@@ -1,13 +1,18 @@
 //! `memory://`: a map behind a lock. Each conditional change (write, delete, extend) checks
 //! and changes the record under one hold of the lock, hence atomically. Nothing survives a
-//! restart; for tests and demos.
+//! restart; for tests and demos. A customer's sessions are found by a scan of every record
+//! under the lock (no secondary index to keep in step): linear in the number of sessions, which
+//! is fine for the store of tests and demos, and trivially consistent.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
+use super::{
+    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SessionKey, SessionStore, StoreError,
+    StoredSession,
+};
 use crate::clock::Millis;
 
 /// Sessions in process memory.
@@ -81,6 +86,55 @@ impl SessionStore for MemoryStore {
         }
     }
 
+    async fn list_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        page: Page,
+        now: Millis,
+    ) -> Result<CustomerSessions, StoreError> {
+        let records = self.records();
+        let mut mine: Vec<(&SessionKey, &StoredSession)> = records
+            .iter()
+            .filter(|(k, r)| belongs_to(k, r, customer) && r.is_live(now))
+            .collect();
+        mine.sort_by(|(ka, a), (kb, b)| {
+            b.modified_at
+                .cmp(&a.modified_at)
+                .then_with(|| ka.session_id.cmp(&kb.session_id))
+        });
+        let total = mine.len() as u64;
+        let sessions = mine
+            .into_iter()
+            .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(page.limit).unwrap_or(usize::MAX))
+            .map(|(k, r)| (k.session_id.clone(), r.clone()))
+            .collect();
+        Ok(CustomerSessions { sessions, total })
+    }
+
+    async fn delete_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        except: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<RemovedSession>, StoreError> {
+        let mut records = self.records();
+        let mut removed = Vec::new();
+        records.retain(|k, r| {
+            if !belongs_to(k, r, customer) || except == Some(k.session_id.as_str()) {
+                return true;
+            }
+            if r.is_live(now) {
+                removed.push(RemovedSession {
+                    session_id: k.session_id.clone(),
+                    revision: r.revision(),
+                });
+            }
+            false
+        });
+        Ok(removed)
+    }
+
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let mut records = self.records();
         let expired: Vec<SessionKey> = records
@@ -98,4 +152,9 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// Whether the record under `key` is a session of `customer` (live or not).
+fn belongs_to(key: &SessionKey, record: &StoredSession, customer: &CustomerKey) -> bool {
+    key.tenant == customer.tenant && record.customer.as_deref() == Some(customer.customer_id.as_str())
 }

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
-pub use redis::RedisStore;
+pub use redis::{Nodes as RedisNodes, RedisStore};
 pub use sqlite::SqliteStore;
 pub use url::{PostgresOptions, RedisOptions, StoreUrl};
 
@@ -39,22 +39,26 @@ pub struct StoredSession {
     pub expires_at: Option<Millis>,
     /// The session context as JSON, exactly as served.
     pub doc: String,
+    /// The session's `customerId` (as in `doc`), so that stores can index a customer's
+    /// sessions without reading the JSON; `None` for an anonymous session.
+    pub customer: Option<String>,
+    /// The session's `metadata.modifiedAt` (as in `doc`) in ms since the epoch: the order of a
+    /// customer's sessions, newest first.
+    pub modified_at: Millis,
 }
 
 impl StoredSession {
     /// A record as SQL stores it (versions are signed 64-bit integers there).
-    pub fn from_sql(
-        version: i64,
-        generation: i64,
-        expires_at: Option<Millis>,
-        doc: String,
-    ) -> Result<Self, StoreError> {
+    pub fn from_sql(row: SqlRow) -> Result<Self, StoreError> {
+        let (version, generation, expires_at, doc, customer, modified_at) = row;
         let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
         Ok(StoredSession {
             version,
             generation,
             expires_at,
             doc,
+            customer,
+            modified_at,
         })
     }
 
@@ -78,6 +82,13 @@ impl StoredSession {
         self.expires_at.is_none_or(|at| at > now)
     }
 }
+
+/// A session row as both SQL stores select it: version, generation, expires_at, doc,
+/// customer_id, modified_at (the columns [`SQL_COLUMNS`] names, in that order).
+pub type SqlRow = (i64, i64, Option<Millis>, String, Option<String>, Millis);
+
+/// The columns of a [`SqlRow`], for the `SELECT`s of both SQL stores.
+pub const SQL_COLUMNS: &str = "version, generation, expires_at, doc, customer_id, modified_at";
 
 /// A version as SQL stores it.
 pub fn sql_version(version: u64) -> Result<i64, StoreError> {
@@ -108,6 +119,51 @@ impl Expect {
             generation: current.generation,
         }
     }
+}
+
+/// A customer of one tenant: the same customer id in two tenants names two customers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CustomerKey {
+    pub tenant: String,
+    pub customer_id: String,
+}
+
+impl CustomerKey {
+    pub fn new(tenant: impl Into<String>, customer_id: impl Into<String>) -> Self {
+        CustomerKey {
+            tenant: tenant.into(),
+            customer_id: customer_id.into(),
+        }
+    }
+
+    /// The key of one of this customer's sessions.
+    pub fn session(&self, session_id: &str) -> SessionKey {
+        SessionKey::new(self.tenant.clone(), session_id)
+    }
+}
+
+/// Which part of a list: skip `offset` entries, then at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// One page of a customer's sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CustomerSessions {
+    /// The sessions of the page, each with its id, newest `modified_at` first.
+    pub sessions: Vec<(String, StoredSession)>,
+    /// How many live sessions the customer has in all (every page).
+    pub total: u64,
+}
+
+/// A session a delete by customer removed: enough to tell others about it afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedSession {
+    pub session_id: String,
+    /// The revision it was at when it was removed.
+    pub revision: Revision,
 }
 
 /// Why a store operation failed.
@@ -167,6 +223,40 @@ pub trait SessionStore: Send + Sync + 'static {
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<(), StoreError>;
+
+    /// One page of the live sessions (at `now`) of `customer`: those whose record names that
+    /// customer, newest `modified_at` first, ties in ascending session id order (so that paging
+    /// is stable), skipping `page.offset` and at most `page.limit` of them; and `total`, how
+    /// many live sessions of that customer there are in all. Expired and deleted sessions never
+    /// appear, nor sessions that belong to someone else now. Reads an index the store keeps
+    /// itself, page by page: a customer with many sessions is never loaded whole into memory.
+    /// Each session listed is as `load` would have returned it when it was read (a page is not
+    /// a snapshot across sessions on every store: a session changed meanwhile may appear at
+    /// its older or newer place).
+    async fn list_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        page: Page,
+        now: Millis,
+    ) -> Result<CustomerSessions, StoreError>;
+
+    /// Removes every session of `customer` (except the one with id `except`, when given):
+    /// every record that names that customer when the call reaches it, which includes every
+    /// session that was the customer's when the call began and still is, also under concurrent
+    /// writers; a session that meanwhile became someone else's (or nobody's) is not removed.
+    /// Expired records of the customer not yet swept go too (nothing of the customer is left
+    /// behind), but only the live ones (at `now`) are returned: each with its id and the
+    /// revision it had, so that callers can report or announce every removal.
+    ///
+    /// Not one atomic step on every store (see each backend): when it fails midway some
+    /// sessions are gone and others not, and calling it again removes the rest. It is
+    /// idempotent: a second call finds nothing more to remove.
+    async fn delete_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        except: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<RemovedSession>, StoreError>;
 
     /// Removes up to `limit` records expired at `now`; returns how many went.
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError>;

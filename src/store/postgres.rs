@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::url::PostgresOptions;
-use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
+use super::{
+    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SQL_COLUMNS, SessionKey, SessionStore,
+    SqlRow, StoreError, StoredSession, sql_version,
+};
 use crate::clock::Millis;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -67,20 +70,19 @@ impl PostgresStore {
 #[async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
-        let row: Option<(i64, i64, Option<i64>, String)> = self
+        let row: Option<SqlRow> = self
             .bounded(
-                sqlx::query_as(
-                    "SELECT version, generation, expires_at, doc FROM sessions
-                     WHERE tenant = $1 AND session_id = $2 AND (expires_at IS NULL OR expires_at > $3)",
-                )
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SQL_COLUMNS} FROM sessions
+                     WHERE tenant = $1 AND session_id = $2 AND (expires_at IS NULL OR expires_at > $3)"
+                )))
                 .bind(&key.tenant)
                 .bind(&key.session_id)
                 .bind(now)
                 .fetch_optional(&self.pool),
             )
             .await?;
-        row.map(|(version, generation, expires_at, doc)| StoredSession::from_sql(version, generation, expires_at, doc))
-            .transpose()
+        row.map(StoredSession::from_sql).transpose()
     }
 
     async fn write(
@@ -96,7 +98,8 @@ impl SessionStore for PostgresStore {
                 version: expected,
                 generation,
             } => sqlx::query(
-                "UPDATE sessions SET version = $3, expires_at = $4, doc = $5, generation = $9
+                "UPDATE sessions SET version = $3, expires_at = $4, doc = $5, generation = $9,
+                   customer_id = $10, modified_at = $11
                  WHERE tenant = $1 AND session_id = $2 AND version = $6 AND generation = $7
                    AND (expires_at IS NULL OR expires_at > $8)",
             )
@@ -108,13 +111,17 @@ impl SessionStore for PostgresStore {
             .bind(sql_version(expected).unwrap_or(-1))
             .bind(generation)
             .bind(now)
-            .bind(record.generation),
+            .bind(record.generation)
+            .bind(&record.customer)
+            .bind(record.modified_at),
             Expect::Absent => sqlx::query(
-                "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc,
+                     customer_id, modified_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $8, $9)
                  ON CONFLICT (tenant, session_id) DO UPDATE
                    SET version = EXCLUDED.version, generation = EXCLUDED.generation,
-                       expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc
+                       expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc,
+                       customer_id = EXCLUDED.customer_id, modified_at = EXCLUDED.modified_at
                  WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= $7",
             )
             .bind(&key.tenant)
@@ -123,7 +130,9 @@ impl SessionStore for PostgresStore {
             .bind(record.generation)
             .bind(record.expires_at)
             .bind(&record.doc)
-            .bind(now),
+            .bind(now)
+            .bind(&record.customer)
+            .bind(record.modified_at),
         };
         let done = self.bounded(query.execute(&self.pool)).await?;
         StoreError::unless_held(done.rows_affected() == 1)
@@ -171,6 +180,96 @@ impl SessionStore for PostgresStore {
             )
             .await?;
         StoreError::unless_held(done.rows_affected() == 1)
+    }
+
+    /// One statement, hence one snapshot: the count (over the index `sessions_customer`) joined
+    /// with the page (`LIMIT`/`OFFSET` along that index), so that an empty page still carries
+    /// the total.
+    async fn list_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        page: Page,
+        now: Millis,
+    ) -> Result<CustomerSessions, StoreError> {
+        type Row = (
+            i64,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = self
+            .bounded(
+                sqlx::query_as(
+                    "WITH mine AS NOT MATERIALIZED (
+                       SELECT * FROM sessions WHERE tenant = $1 AND customer_id = $2
+                         AND (expires_at IS NULL OR expires_at > $3))
+                     SELECT total.n, p.session_id, p.version, p.generation, p.expires_at, p.doc,
+                            p.customer_id, p.modified_at
+                     FROM (SELECT count(*) AS n FROM mine) AS total
+                     LEFT JOIN LATERAL (
+                       SELECT * FROM mine ORDER BY modified_at DESC, session_id LIMIT $4 OFFSET $5
+                     ) AS p ON true",
+                )
+                .bind(&customer.tenant)
+                .bind(&customer.customer_id)
+                .bind(now)
+                .bind(i64::try_from(page.limit).unwrap_or(i64::MAX))
+                .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        let total = rows.first().map_or(0, |row| u64::try_from(row.0).unwrap_or(0));
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (_, Some(id), Some(version), Some(generation), expires_at, Some(doc), customer, Some(modified_at)) =
+                row
+            else {
+                continue; // the one row of an empty page
+            };
+            let record = StoredSession::from_sql((version, generation, expires_at, doc, customer, modified_at))?;
+            sessions.push((id, record));
+        }
+        Ok(CustomerSessions { sessions, total })
+    }
+
+    /// One `DELETE ... RETURNING`: atomic, also across a crash. A row updated meanwhile by
+    /// another transaction is checked again after that one commits (PostgreSQL re-reads it
+    /// under `READ COMMITTED`), so a session that became someone else's is left alone; a row
+    /// inserted after the statement began is not seen.
+    async fn delete_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        except: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<RemovedSession>, StoreError> {
+        let rows: Vec<(String, i64, i64, Option<i64>)> = self
+            .bounded(
+                sqlx::query_as(
+                    "DELETE FROM sessions
+                     WHERE tenant = $1 AND customer_id = $2 AND session_id IS DISTINCT FROM $3
+                     RETURNING session_id, version, generation, expires_at",
+                )
+                .bind(&customer.tenant)
+                .bind(&customer.customer_id)
+                .bind(except)
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, _, _, expires_at)| expires_at.is_none_or(|at| at > now))
+            .map(|(session_id, version, generation, _)| RemovedSession {
+                session_id,
+                revision: Revision {
+                    version: u64::try_from(version).unwrap_or(0),
+                    generation,
+                },
+            })
+            .collect())
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {

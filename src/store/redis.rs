@@ -26,28 +26,57 @@
 //! expiry leaves the version where it is, so a late extend script can still apply after a later
 //! one of the same revision and set the expiry it was sent with, which may be the earlier one.
 
+mod customers;
+
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, TlsCertificates};
 
+pub use customers::Nodes;
+
 use super::url::RedisOptions;
-use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
+use super::{
+    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SessionKey, SessionStore, StoreError,
+    StoredSession,
+};
 use crate::clock::Millis;
+
+/// The customer of the session hash `key` ("" for none), in a script. Field `c` says it in
+/// hashes written since the customer index exists (they all have field `m`); an older hash
+/// (no `m`) is read from its document.
+const CUSTOMER_OF: &str = r#"
+local function customer_of(key)
+  local f = redis.call('HMGET', key, 'c', 'm', 'd')
+  if f[2] then return f[1] or '' end
+  if not f[3] then return '' end
+  local ok, doc = pcall(cjson.decode, f[3])
+  if ok and type(doc) == 'table' and type(doc['customerId']) == 'string' then return doc['customerId'] end
+  return ''
+end
+"#;
 
 /// KEYS[1]: the session. ARGV: expectation ("absent" or "current"), expected version, now,
 /// new version, expires_at ("" = never), doc, ttl in ms from now, expected generation, new
-/// generation. A hash without a generation (written before there was one) counts as "0".
+/// generation, customer ("" = none), modified_at. A hash without a generation (written before
+/// there was one) counts as "0". Returns {1, the customer the hash had before ("" = none)}
+/// when written, else {0, ""}.
 const WRITE: &str = r#"
 local stored = redis.call('HMGET', KEYS[1], 'v', 'e', 'g')
 local live = stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[3]))
 if ARGV[1] == 'absent' then
-  if live then return 0 end
+  if live then return {0, ''} end
 elseif not live or stored[1] ~= ARGV[2] or (stored[3] or '0') ~= ARGV[8] then
-  return 0
+  return {0, ''}
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6], 'g', ARGV[9])
+local before = customer_of(KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6], 'g', ARGV[9], 'm', ARGV[11])
+if ARGV[10] == '' then
+  redis.call('HDEL', KEYS[1], 'c')
+else
+  redis.call('HSET', KEYS[1], 'c', ARGV[10])
+end
 if ARGV[5] == '' then
   redis.call('HDEL', KEYS[1], 'e')
   redis.call('PERSIST', KEYS[1])
@@ -55,17 +84,99 @@ else
   redis.call('HSET', KEYS[1], 'e', ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[7])
 end
-return 1
+return {1, before}
 "#;
 
 /// KEYS[1]: the session. ARGV: now, expected version, expected generation. Removes the
-/// session and returns 1 only when it is live and at exactly that version and generation.
+/// session only when it is live and at exactly that version and generation: returns {1, its
+/// customer ("" = none)}, else {0, ""}.
 const DELETE: &str = r#"
 local stored = redis.call('HMGET', KEYS[1], 'v', 'e', 'g')
 local live = stored[1] and (not stored[2] or tonumber(stored[2]) > tonumber(ARGV[1]))
-if not live or stored[1] ~= ARGV[2] or (stored[3] or '0') ~= ARGV[3] then return 0 end
+if not live or stored[1] ~= ARGV[2] or (stored[3] or '0') ~= ARGV[3] then return {0, ''} end
+local customer = customer_of(KEYS[1])
 redis.call('DEL', KEYS[1])
+return {1, customer}
+"#;
+
+/// KEYS[1]: a session. Reads what the customer index checks: {0} when there is no hash, else
+/// {1, customer ("" = none), version, generation, expires_at ("" = never), modified_at (""
+/// in a hash written before the index)}. Changes nothing.
+const OBSERVE: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'v', 'g', 'e', 'm')
+if not f[1] then return {'0'} end
+return {'1', customer_of(KEYS[1]), f[1], f[2] or '0', f[3] or '', f[4] or ''}
+"#;
+
+/// KEYS[1]: a session. ARGV: customer, now. Removes the session if it is that customer's
+/// (live or expired): {2, 1 if it was live at now else 0, version, generation}; a session of
+/// someone else is left as it is and observed: {1, customer, version, generation, expires_at,
+/// modified_at}; no session: {0}.
+const DELETE_IF_CUSTOMER: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'v', 'g', 'e', 'm')
+if not f[1] then return {'0'} end
+local customer = customer_of(KEYS[1])
+if customer ~= ARGV[1] then return {'1', customer, f[1], f[2] or '0', f[3] or '', f[4] or ''} end
+redis.call('DEL', KEYS[1])
+local live = '0'
+if not f[3] or tonumber(f[3]) > tonumber(ARGV[2]) then live = '1' end
+return {'2', live, f[1], f[2] or '0'}
+"#;
+
+/// The native expiry of a customer's index keys, in a script: `ttl` ("" = never) or later.
+/// The keys live at least as long as the longest-living session they list; once they carry no
+/// expiry they keep none (a session that never expires was listed).
+const INDEX_TTL: &str = r#"
+local function keep_index(ttl, left)
+  for _, key in ipairs(KEYS) do
+    if ttl == '' then
+      redis.call('PERSIST', key)
+    elseif left == -2 or (left >= 0 and left < tonumber(ttl)) then
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+end
+"#;
+
+/// KEYS: a customer's index (sorted set) and its tokens (hash). ARGV: session id, score
+/// (minus modified_at), token, ttl in ms ("" = never). Lists the session, and notes which write
+/// listed it.
+const INDEX_ADD: &str = r#"
+local left = redis.call('PTTL', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+keep_index(ARGV[4], left)
 return 1
+"#;
+
+/// KEYS: a customer's index and its tokens. ARGV: ttl in ms ("" = never). Makes the index live
+/// at least that long, if it exists.
+const INDEX_KEEP: &str = r#"
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return 0 end
+keep_index(ARGV[1], left)
+return 1
+"#;
+
+/// KEYS: a customer's index and its tokens. ARGV: triples of session id, the token it had
+/// when it was checked ("" = none), and what to do: "drop" (unlist it) or a score to correct
+/// (`ZADD XX`). Each is done only if the token is still the one checked: a write that listed
+/// the session again meanwhile wins. Returns how many were dropped.
+const INDEX_FIX: &str = r#"
+local dropped = 0
+for i = 1, #ARGV, 3 do
+  local token = redis.call('HGET', KEYS[2], ARGV[i]) or ''
+  if token == ARGV[i + 1] then
+    if ARGV[i + 2] == 'drop' then
+      redis.call('ZREM', KEYS[1], ARGV[i])
+      redis.call('HDEL', KEYS[2], ARGV[i])
+      dropped = dropped + 1
+    else
+      redis.call('ZADD', KEYS[1], 'XX', ARGV[i + 2], ARGV[i])
+    end
+  end
+end
+return dropped
 "#;
 
 /// KEYS[1]: the session. ARGV: now, expected version, expected generation, expires_at ("" =
@@ -86,6 +197,7 @@ return 1
 "#;
 
 /// Sessions in Redis, over single-server or cluster connections.
+#[derive(Clone)]
 pub struct RedisStore<C> {
     /// Loads and pings: never queued behind a write.
     reads: C,
@@ -95,6 +207,11 @@ pub struct RedisStore<C> {
     write: Script,
     delete: Script,
     extend: Script,
+    observe: Script,
+    delete_if_customer: Script,
+    index_add: Script,
+    index_keep: Script,
+    index_fix: Script,
 }
 
 impl RedisStore<ConnectionManager> {
@@ -119,7 +236,7 @@ impl RedisStore<ConnectionManager> {
             .get_connection_manager_with_config(config)
             .await
             .map_err(from_redis)?;
-        Ok(Self::from_connections(reads, writes, options))
+        Ok(Self::from_connections(reads, writes, options).with_backfill())
     }
 }
 
@@ -138,7 +255,7 @@ impl RedisStore<ClusterConnection> {
         // Each call opens its own connections to the nodes, with its own view of the slots.
         let reads = client.get_async_connection().await.map_err(from_redis)?;
         let writes = client.get_async_connection().await.map_err(from_redis)?;
-        Ok(Self::from_connections(reads, writes, options))
+        Ok(Self::from_connections(reads, writes, options).with_backfill())
     }
 }
 
@@ -160,9 +277,14 @@ impl<C> RedisStore<C> {
             reads,
             writes,
             prefix: options.prefix.clone(),
-            write: Script::new(WRITE),
-            delete: Script::new(DELETE),
+            write: Script::new(&format!("{CUSTOMER_OF}{WRITE}")),
+            delete: Script::new(&format!("{CUSTOMER_OF}{DELETE}")),
             extend: Script::new(EXTEND),
+            observe: Script::new(&format!("{CUSTOMER_OF}{OBSERVE}")),
+            delete_if_customer: Script::new(&format!("{CUSTOMER_OF}{DELETE_IF_CUSTOMER}")),
+            index_add: Script::new(&format!("{INDEX_TTL}{INDEX_ADD}")),
+            index_keep: Script::new(&format!("{INDEX_TTL}{INDEX_KEEP}")),
+            index_fix: Script::new(INDEX_FIX),
         }
     }
 
@@ -175,13 +297,20 @@ impl<C> RedisStore<C> {
 #[async_trait]
 impl<C> SessionStore for RedisStore<C>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: ConnectionLike + Nodes + Clone + Send + Sync + 'static,
 {
     async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
-        type Fields = (Option<String>, Option<String>, Option<String>, Option<String>);
-        let (version, expires_at, doc, generation): Fields = redis::cmd("HMGET")
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (version, expires_at, doc, generation, customer, modified_at): Fields = redis::cmd("HMGET")
             .arg(self.key(key))
-            .arg(&["v", "e", "d", "g"])
+            .arg(&["v", "e", "d", "g", "c", "m"])
             .query_async(&mut self.reads.clone())
             .await
             .map_err(from_redis)?;
@@ -198,11 +327,22 @@ where
         let generation = generation
             .map_or(Ok(0), |g| g.parse())
             .map_err(|_| StoreError::Corrupt("generation is not a number".into()))?;
+        let (customer, modified_at) = match modified_at {
+            Some(m) => (
+                customer,
+                m.parse()
+                    .map_err(|_| StoreError::Corrupt("modification time is not a number".into()))?,
+            ),
+            // Written before the customer index: both are only in the document.
+            None => customers::owner_in_doc(&doc),
+        };
         let record = StoredSession {
             version,
             generation,
             expires_at,
             doc,
+            customer,
+            modified_at,
         };
         Ok(record.is_live(now).then_some(record))
     }
@@ -218,8 +358,14 @@ where
             Expect::Absent => ("absent", String::new(), String::new()),
             Expect::Current { version, generation } => ("current", version.to_string(), generation.to_string()),
         };
+        if let Some(customer) = &record.customer {
+            // The index first: a session that exists is always listed (see the module doc).
+            let customer = CustomerKey::new(key.tenant.clone(), customer.clone());
+            self.index_add(&customer, &key.session_id, record, customers::token(expect, now), now)
+                .await?;
+        }
         let (expires_at, ttl) = expiry_args(record.expires_at, now);
-        let written: i64 = self
+        let (written, before): (i64, String) = self
             .write
             .key(self.key(key))
             .arg(kind)
@@ -231,14 +377,22 @@ where
             .arg(ttl)
             .arg(expected_generation)
             .arg(record.generation)
+            .arg(record.customer.as_deref().unwrap_or(""))
+            .arg(record.modified_at)
             .invoke_async(&mut self.writes.clone())
             .await
             .map_err(from_redis)?;
-        StoreError::unless_held(written == 1)
+        StoreError::unless_held(written == 1)?;
+        if !before.is_empty() && record.customer.as_deref() != Some(before.as_str()) {
+            // No longer that customer's: unlist it there (else the next read of that index will).
+            let customer = CustomerKey::new(key.tenant.clone(), before);
+            self.tidy(&customer, &key.session_id, now).await;
+        }
+        Ok(())
     }
 
     async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
-        let removed: i64 = self
+        let (removed, customer): (i64, String) = self
             .delete
             .key(self.key(key))
             .arg(now)
@@ -247,7 +401,12 @@ where
             .invoke_async(&mut self.writes.clone())
             .await
             .map_err(from_redis)?;
-        StoreError::unless_held(removed == 1)
+        StoreError::unless_held(removed == 1)?;
+        if !customer.is_empty() {
+            let customer = CustomerKey::new(key.tenant.clone(), customer);
+            self.tidy(&customer, &key.session_id, now).await;
+        }
+        Ok(())
     }
 
     async fn extend(
@@ -257,6 +416,13 @@ where
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<(), StoreError> {
+        // The index first again: it must live at least as long as the session it lists.
+        if let customers::Seen::Present { customer, .. } = self.observe_one(key).await?
+            && !customer.is_empty()
+        {
+            let customer = CustomerKey::new(key.tenant.clone(), customer);
+            self.index_keep(&customer, expires_at, now).await?;
+        }
         let (expires_at, ttl) = expiry_args(expires_at, now);
         let extended: i64 = self
             .extend
@@ -270,6 +436,24 @@ where
             .await
             .map_err(from_redis)?;
         StoreError::unless_held(extended == 1)
+    }
+
+    async fn list_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        page: Page,
+        now: Millis,
+    ) -> Result<CustomerSessions, StoreError> {
+        self.list(customer, page, now).await
+    }
+
+    async fn delete_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        except: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<RemovedSession>, StoreError> {
+        self.delete_all(customer, except, now).await
     }
 
     /// Redis removes expired sessions itself (each record with an expiry time carries a native

@@ -58,7 +58,10 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession, sql_version};
+use super::{
+    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SQL_COLUMNS, SessionKey, SessionStore,
+    SqlRow, StoreError, StoredSession, sql_version,
+};
 use crate::clock::Millis;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -91,6 +94,22 @@ const MIGRATIONS: &[&str] = &[
     // Which life of a session a row belongs to (see `StoredSession::generation`); rows written
     // before it share generation 0, which is still told apart from every newly drawn one.
     "ALTER TABLE sessions ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
+    // A customer's sessions, newest first (see "The customer index" in docs/ARCHITECTURE.md):
+    // the customer and the modification time as columns of their own, filled in for the rows
+    // written before from their document (`modifiedAt` is always `YYYY-MM-DDTHH:MM:SS.mmmZ`:
+    // whole seconds from strftime, the milliseconds from characters 21 to 23). A document that
+    // is not JSON (never written by the service) gets no customer and time 0.
+    "ALTER TABLE sessions ADD COLUMN customer_id TEXT;
+    ALTER TABLE sessions ADD COLUMN modified_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE sessions SET
+        customer_id = CASE WHEN json_valid(doc) THEN
+            CASE WHEN json_type(doc, '$.customerId') = 'text' THEN json_extract(doc, '$.customerId') END END,
+        modified_at = COALESCE(CASE WHEN json_valid(doc) THEN
+            CASE WHEN json_type(doc, '$.metadata.modifiedAt') = 'text' THEN
+                CAST(strftime('%s', json_extract(doc, '$.metadata.modifiedAt')) AS INTEGER) * 1000
+                + CAST(substr(json_extract(doc, '$.metadata.modifiedAt'), 21, 3) AS INTEGER) END END, 0);
+    CREATE INDEX sessions_customer ON sessions (tenant, customer_id, modified_at DESC, session_id)
+        WHERE customer_id IS NOT NULL;",
 ];
 
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
@@ -115,8 +134,9 @@ const RECHECK_AT_LEAST_AFTER: Duration = Duration::from_millis(50);
 /// each (the row's leaf, the leaves of both indexes, a parent on a split).
 const JOB_OVERHEAD: u64 = 4 * (4096 + 24);
 
-/// A job for the writer thread. Every answer is a count: 0 or 1 for a write, a delete or an
-/// extend (1 = done), the number removed for a sweep.
+/// A job for the writer thread. Every answer is a count (0 or 1 for a write, a delete or an
+/// extend, 1 = done; the number removed for a sweep) except a customer's delete's, which is the
+/// list of the live sessions it removed.
 enum Job {
     Write {
         key: SessionKey,
@@ -139,19 +159,41 @@ enum Job {
         now: Millis,
         limit: i64,
     },
+    DeleteCustomer {
+        customer: CustomerKey,
+        except: Option<String>,
+        now: Millis,
+    },
     /// Nothing to apply: wakes the writer up after the readiness check found the files lost,
     /// so that it retires the connection (see [`retire`]) before readiness answers.
     Retire,
 }
 
-type Reply = oneshot::Sender<Result<usize, StoreError>>;
+/// What applying one job did.
+enum Applied {
+    Count(usize),
+    Removed(Vec<RemovedSession>),
+}
+
+impl Applied {
+    fn count(self) -> Result<usize, StoreError> {
+        match self {
+            Applied::Count(n) => Ok(n),
+            Applied::Removed(_) => Err(StoreError::Backend(
+                "the SQLite writer answered a count with a list".into(),
+            )),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Applied, StoreError>>;
 
 impl Job {
     /// About how many bytes committing this job adds to the WAL.
     fn size(&self) -> u64 {
         match self {
             Job::Write { record, .. } => JOB_OVERHEAD + record.doc.len() as u64,
-            Job::Delete { .. } | Job::Extend { .. } | Job::Sweep { .. } => JOB_OVERHEAD,
+            Job::Delete { .. } | Job::Extend { .. } | Job::Sweep { .. } | Job::DeleteCustomer { .. } => JOB_OVERHEAD,
             Job::Retire => 0,
         }
     }
@@ -293,7 +335,7 @@ impl Files {
     }
 
     /// Records how the commit of `group` went.
-    fn record_commit(&self, group: &[(Job, Reply)], committed: &rusqlite::Result<Vec<usize>>) {
+    fn record_commit(&self, group: &[(Job, Reply)], committed: &rusqlite::Result<Vec<Applied>>) {
         let largest = group.iter().map(|(job, _)| job.size()).max().unwrap_or(0);
         self.largest_change.fetch_max(largest, Ordering::Relaxed);
         match committed {
@@ -421,8 +463,13 @@ impl SqliteStore {
         })
     }
 
-    /// Hands `job` to the writer thread and waits for its commit.
+    /// Hands `job` to the writer thread and waits for its commit; its count.
     async fn submit(&self, job: Job) -> Result<usize, StoreError> {
+        self.submit_job(job).await?.count()
+    }
+
+    /// Hands `job` to the writer thread and waits for its commit.
+    async fn submit_job(&self, job: Job) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send((job, reply))
@@ -449,26 +496,16 @@ impl SessionStore for SqliteStore {
     async fn load(&self, key: &SessionKey, now: Millis) -> Result<Option<StoredSession>, StoreError> {
         self.with_reader(|conn| {
             let row = conn
-                .prepare_cached(
-                    "SELECT version, generation, expires_at, doc FROM sessions
-                     WHERE tenant = ?1 AND session_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {SQL_COLUMNS} FROM sessions
+                     WHERE tenant = ?1 AND session_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)"
+                ))
                 .and_then(|mut stmt| {
-                    stmt.query_row(params![key.tenant, key.session_id, now], |row| {
-                        Ok((
-                            row.get::<_, i64>(0)?,
-                            row.get::<_, i64>(1)?,
-                            row.get::<_, Option<i64>>(2)?,
-                            row.get::<_, String>(3)?,
-                        ))
-                    })
-                    .optional()
+                    stmt.query_row(params![key.tenant, key.session_id, now], |row| sql_row(row, 0))
+                        .optional()
                 })
                 .map_err(from_sqlite)?;
-            row.map(|(version, generation, expires_at, doc)| {
-                StoredSession::from_sql(version, generation, expires_at, doc)
-            })
-            .transpose()
+            row.map(StoredSession::from_sql).transpose()
         })
     }
 
@@ -512,6 +549,70 @@ impl SessionStore for SqliteStore {
             now,
         };
         StoreError::unless_held(self.submit(job).await? == 1)
+    }
+
+    /// The count and the page in one read transaction, hence from one snapshot; both walk the
+    /// index `sessions_customer`, the page from `OFFSET` on (SQLite steps over the skipped
+    /// entries of the index, without reading their documents).
+    async fn list_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        page: Page,
+        now: Millis,
+    ) -> Result<CustomerSessions, StoreError> {
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+        let offset = i64::try_from(page.offset).unwrap_or(i64::MAX);
+        self.with_reader(|conn| {
+            let tx = conn.unchecked_transaction().map_err(from_sqlite)?;
+            let live = "tenant = ?1 AND customer_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)";
+            let total: i64 = tx
+                .prepare_cached(&format!("SELECT count(*) FROM sessions WHERE {live}"))
+                .and_then(|mut stmt| stmt.query_row(params![customer.tenant, customer.customer_id, now], |r| r.get(0)))
+                .map_err(from_sqlite)?;
+            let rows: Vec<(String, SqlRow)> = tx
+                .prepare_cached(&format!(
+                    "SELECT session_id, {SQL_COLUMNS} FROM sessions WHERE {live}
+                     ORDER BY modified_at DESC, session_id LIMIT ?4 OFFSET ?5"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(
+                        params![customer.tenant, customer.customer_id, now, limit, offset],
+                        |row| Ok((row.get(0)?, sql_row(row, 1)?)),
+                    )?
+                    .collect()
+                })
+                .map_err(from_sqlite)?;
+            tx.finish().map_err(from_sqlite)?;
+            let sessions = rows
+                .into_iter()
+                .map(|(id, row)| Ok((id, StoredSession::from_sql(row)?)))
+                .collect::<Result<_, StoreError>>()?;
+            Ok(CustomerSessions {
+                sessions,
+                total: u64::try_from(total).unwrap_or(0),
+            })
+        })
+    }
+
+    /// One `DELETE ... RETURNING` in one transaction: all of it or nothing, also across a
+    /// crash.
+    async fn delete_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        except: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<RemovedSession>, StoreError> {
+        let job = Job::DeleteCustomer {
+            customer: customer.clone(),
+            except: except.map(str::to_owned),
+            now,
+        };
+        match self.submit_job(job).await? {
+            Applied::Removed(removed) => Ok(removed),
+            Applied::Count(_) => Err(StoreError::Backend(
+                "the SQLite writer answered a list with a count".into(),
+            )),
+        }
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
@@ -578,9 +679,9 @@ fn write_in_groups(mut conn: Connection, jobs: mpsc::Receiver<(Job, Reply)>, fil
             retired = true;
         }
         match outcome {
-            Ok(counts) => {
-                for ((_, reply), count) in group.into_iter().zip(counts) {
-                    let _ = reply.send(Ok(count));
+            Ok(answers) => {
+                for ((_, reply), answer) in group.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
                 }
             }
             Err(e) => {
@@ -618,17 +719,71 @@ fn retire(conn: &Connection) {
 
 /// Applies a group in one transaction. A job whose condition does not hold counts 0 and
 /// leaves the others alone; any real error rolls the whole group back.
-fn commit_group(conn: &mut Connection, group: &[(Job, Reply)]) -> rusqlite::Result<Vec<usize>> {
+fn commit_group(conn: &mut Connection, group: &[(Job, Reply)]) -> rusqlite::Result<Vec<Applied>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut counts = Vec::with_capacity(group.len());
+    let mut answers = Vec::with_capacity(group.len());
     for (job, _) in group {
-        counts.push(apply(&tx, job)?);
+        answers.push(apply(&tx, job)?);
     }
     tx.commit()?;
-    Ok(counts)
+    Ok(answers)
 }
 
-fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
+/// The columns of a [`SqlRow`] from column `first` of `row` on.
+fn sql_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<SqlRow> {
+    Ok((
+        row.get(first)?,
+        row.get(first + 1)?,
+        row.get(first + 2)?,
+        row.get(first + 3)?,
+        row.get(first + 4)?,
+        row.get(first + 5)?,
+    ))
+}
+
+fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<Applied> {
+    if let Job::DeleteCustomer { customer, except, now } = job {
+        return delete_customer(conn, customer, except.as_deref(), *now).map(Applied::Removed);
+    }
+    apply_counted(conn, job).map(Applied::Count)
+}
+
+/// Every row of `customer` but `except`, in one statement; the live ones are returned.
+fn delete_customer(
+    conn: &Connection,
+    customer: &CustomerKey,
+    except: Option<&str>,
+    now: Millis,
+) -> rusqlite::Result<Vec<RemovedSession>> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM sessions WHERE tenant = ?1 AND customer_id = ?2 AND session_id IS NOT ?3
+         RETURNING session_id, version, generation, expires_at",
+    )?;
+    let rows = stmt.query_map(params![customer.tenant, customer.customer_id, except], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    let mut removed = Vec::new();
+    for row in rows {
+        let (session_id, version, generation, expires_at) = row?;
+        if expires_at.is_none_or(|at| at > now) {
+            removed.push(RemovedSession {
+                session_id,
+                revision: Revision {
+                    version: u64::try_from(version).unwrap_or(0),
+                    generation,
+                },
+            });
+        }
+    }
+    Ok(removed)
+}
+
+fn apply_counted(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
     match job {
         Job::Write {
             key,
@@ -637,7 +792,8 @@ fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
             now,
         } => conn
             .prepare_cached(
-                "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5, generation = ?9
+                "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5, generation = ?9,
+                   customer_id = ?10, modified_at = ?11
                  WHERE tenant = ?1 AND session_id = ?2 AND version = ?6 AND generation = ?7
                    AND (expires_at IS NULL OR expires_at > ?8)",
             )
@@ -651,7 +807,9 @@ fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
                     sql_version(*version).unwrap_or(-1),
                     generation,
                     now,
-                    record.generation
+                    record.generation,
+                    record.customer,
+                    record.modified_at
                 ])
             }),
         Job::Write {
@@ -661,11 +819,13 @@ fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
             now,
         } => conn
             .prepare_cached(
-                "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc,
+                     customer_id, modified_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9)
                  ON CONFLICT (tenant, session_id) DO UPDATE
                    SET version = excluded.version, generation = excluded.generation,
-                       expires_at = excluded.expires_at, doc = excluded.doc
+                       expires_at = excluded.expires_at, doc = excluded.doc,
+                       customer_id = excluded.customer_id, modified_at = excluded.modified_at
                  WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?7",
             )
             .and_then(|mut stmt| {
@@ -676,7 +836,9 @@ fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
                     record.generation,
                     record.expires_at,
                     record.doc,
-                    now
+                    now,
+                    record.customer,
+                    record.modified_at
                 ])
             }),
         Job::Delete { key, revision, now } => conn
@@ -720,7 +882,7 @@ fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
                    SELECT id FROM sessions WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
             )
             .and_then(|mut stmt| stmt.execute(params![now, limit])),
-        Job::Retire => Ok(0),
+        Job::Retire | Job::DeleteCustomer { .. } => Ok(0),
     }
 }
 

@@ -499,6 +499,8 @@ pub async fn store_round_trip(store: &dyn SessionStore) {
         generation: 5,
         expires_at: None,
         doc: "{}".into(),
+        customer: None,
+        modified_at: 0,
     };
     store.write(&key, Expect::Absent, &record, 0).await.unwrap();
     assert_eq!(store.load(&key, 0).await.unwrap(), Some(record.clone()));

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 use session_context::clock::Millis;
-use session_context::store::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
+use session_context::store::{
+    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SessionKey, SessionStore, StoreError,
+    StoredSession,
+};
 use tokio::sync::Notify;
 
 const CLIENTS: u64 = 16;
@@ -194,6 +197,24 @@ impl SessionStore for Gate {
         now: Millis,
     ) -> Result<(), StoreError> {
         self.inner.extend(key, revision, expires_at, now).await
+    }
+
+    async fn list_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        page: Page,
+        now: Millis,
+    ) -> Result<CustomerSessions, StoreError> {
+        self.inner.list_customer_sessions(customer, page, now).await
+    }
+
+    async fn delete_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        except: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<RemovedSession>, StoreError> {
+        self.inner.delete_customer_sessions(customer, except, now).await
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use crate::common::{Backend, open_store};
-use session_context::store::{Expect, Revision, SessionKey, SessionStore, StoreError, StoredSession};
+use session_context::store::{
+    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SessionKey, SessionStore, StoreError,
+    StoredSession,
+};
 
 const NOW: i64 = 1_000_000;
 /// The generation of the records these tests write, unless they say otherwise.
@@ -17,6 +20,8 @@ fn record(version: u64, expires_at: Option<i64>, doc: &str) -> StoredSession {
         generation: GENERATION,
         expires_at,
         doc: doc.to_owned(),
+        customer: None,
+        modified_at: 0,
     }
 }
 
@@ -368,6 +373,13 @@ on_every_backend!(
     tenants_never_share_a_session,
     exactly_one_of_many_concurrent_writers_wins,
     ping_answers,
+    a_customers_sessions_list_newest_first_in_stable_pages,
+    expired_and_deleted_sessions_are_never_listed_nor_counted,
+    the_same_customer_id_in_two_tenants_is_two_customers,
+    a_session_follows_its_customer_when_it_changes_or_goes,
+    a_customers_delete_spares_the_exception_and_everyone_else,
+    a_customers_delete_removes_all_that_existed_despite_a_concurrent_writer,
+    a_customer_with_many_sessions_lists_a_page_and_deletes_them_all,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,3 +668,537 @@ async fn sqlite_empties_the_wal_it_leaves_behind_a_deleted_file() {
         .await
         .unwrap();
 }
+
+// ---- A customer's sessions -------------------------------------------------------------------
+
+/// Session `id` of `customer` at version 1, last modified at `modified_at`.
+fn of_customer(customer: &str, modified_at: i64, expires_at: Option<i64>) -> StoredSession {
+    StoredSession {
+        customer: Some(customer.to_owned()),
+        modified_at,
+        ..record(1, expires_at, &format!(r#"{{"customerId":"{customer}"}}"#))
+    }
+}
+
+fn customer(id: &str) -> CustomerKey {
+    CustomerKey::new("shop", id)
+}
+
+fn page(offset: u64, limit: u64) -> Page {
+    Page { offset, limit }
+}
+
+/// The ids of a list, in its order.
+fn ids(list: &CustomerSessions) -> Vec<&str> {
+    list.sessions.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+async fn create(store: &dyn SessionStore, id: &str, record: &StoredSession, now: i64) {
+    store.write(&key(id), Expect::Absent, record, now).await.unwrap();
+}
+
+async fn a_customers_sessions_list_newest_first_in_stable_pages(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    // modified at 50, 40, 40, 30, 20: the two at 40 go by session id
+    for (id, at) in [("s3", 30), ("s1", 50), ("s2b", 40), ("s2a", 40), ("s4", 20)] {
+        create(store.as_ref(), id, &of_customer("c1", NOW + at, None), NOW).await;
+    }
+    create(store.as_ref(), "other", &of_customer("c2", NOW + 99, None), NOW).await;
+    create(store.as_ref(), "anonymous", &record(1, None, "{}"), NOW).await;
+    let mut seen = Vec::new();
+    for offset in [0, 2, 4] {
+        let list = store
+            .list_customer_sessions(&customer("c1"), page(offset, 2), NOW)
+            .await
+            .unwrap();
+        assert_eq!(list.total, 5);
+        seen.extend(ids(&list).into_iter().map(str::to_owned));
+    }
+    assert_eq!(seen, ["s1", "s2a", "s2b", "s3", "s4"]);
+    let whole = store
+        .list_customer_sessions(&customer("c1"), page(0, 100), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        whole.sessions[0].1,
+        of_customer("c1", NOW + 50, None),
+        "the record as loaded"
+    );
+    let beyond = store
+        .list_customer_sessions(&customer("c1"), page(5, 10), NOW)
+        .await
+        .unwrap();
+    assert_eq!((beyond.sessions.len(), beyond.total), (0, 5));
+    let nobody = store
+        .list_customer_sessions(&customer("nobody"), page(0, 10), NOW)
+        .await
+        .unwrap();
+    assert_eq!(nobody, CustomerSessions::default());
+}
+
+async fn expired_and_deleted_sessions_are_never_listed_nor_counted(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let end = NOW + 60_000;
+    create(store.as_ref(), "brief", &of_customer("c1", NOW + 3, Some(end)), NOW).await;
+    create(store.as_ref(), "kept", &of_customer("c1", NOW + 2, None), NOW).await;
+    let gone = of_customer("c1", NOW + 1, None);
+    create(store.as_ref(), "gone", &gone, NOW).await;
+    store.delete(&key("gone"), gone.revision(), NOW).await.unwrap();
+    let before = store
+        .list_customer_sessions(&customer("c1"), page(0, 10), end - 1)
+        .await
+        .unwrap();
+    assert_eq!((ids(&before), before.total), (vec!["brief", "kept"], 2));
+    for _ in 0..2 {
+        // twice: the first read may tidy the index, the second must agree
+        let after = store
+            .list_customer_sessions(&customer("c1"), page(0, 10), end)
+            .await
+            .unwrap();
+        assert_eq!((ids(&after), after.total), (vec!["kept"], 1));
+    }
+    // an expired session is not reported as deleted
+    let removed = store
+        .delete_customer_sessions(&customer("c1"), None, end)
+        .await
+        .unwrap();
+    let removed: Vec<&str> = removed.iter().map(|r| r.session_id.as_str()).collect();
+    assert_eq!(removed, ["kept"]);
+}
+
+async fn the_same_customer_id_in_two_tenants_is_two_customers(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let (alpha, beta) = (CustomerKey::new("alpha", "c1"), CustomerKey::new("beta", "c1"));
+    for (tenant, id) in [("alpha", "a1"), ("alpha", "a2"), ("beta", "b1")] {
+        store
+            .write(
+                &SessionKey::new(tenant, id),
+                Expect::Absent,
+                &of_customer("c1", NOW, None),
+                NOW,
+            )
+            .await
+            .unwrap();
+    }
+    let list = store.list_customer_sessions(&beta, page(0, 10), NOW).await.unwrap();
+    assert_eq!((ids(&list), list.total), (vec!["b1"], 1));
+    let removed = store.delete_customer_sessions(&alpha, None, NOW).await.unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(store.load(&SessionKey::new("beta", "b1"), NOW).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .list_customer_sessions(&alpha, page(0, 10), NOW)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+}
+
+async fn a_session_follows_its_customer_when_it_changes_or_goes(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let first = of_customer("a", NOW, None);
+    create(store.as_ref(), "s", &first, NOW).await;
+    let moved = StoredSession {
+        version: 2,
+        ..of_customer("b", NOW + 1, None)
+    };
+    store
+        .write(&key("s"), Expect::unchanged(&first), &moved, NOW)
+        .await
+        .unwrap();
+    let total = |list: CustomerSessions| (list.sessions.len(), list.total);
+    let of = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .list_customer_sessions(&customer(id), page(0, 10), NOW + 2)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(total(of("a").await), (0, 0));
+    assert_eq!(ids(&of("b").await), ["s"]);
+    // a's delete does not touch what is b's now
+    assert!(
+        store
+            .delete_customer_sessions(&customer("a"), None, NOW + 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.load(&key("s"), NOW + 2).await.unwrap().is_some());
+    // and a session that loses its customer is nobody's
+    let anonymous = StoredSession {
+        version: 3,
+        ..record(3, None, "{}")
+    };
+    store
+        .write(&key("s"), Expect::unchanged(&moved), &anonymous, NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(total(of("b").await), (0, 0));
+    // back to a: listed again
+    let back = StoredSession {
+        version: 4,
+        ..of_customer("a", NOW + 3, None)
+    };
+    store
+        .write(&key("s"), Expect::unchanged(&anonymous), &back, NOW + 3)
+        .await
+        .unwrap();
+    assert_eq!(ids(&of("a").await), ["s"]);
+    assert_eq!(total(of("b").await), (0, 0));
+}
+
+async fn a_customers_delete_spares_the_exception_and_everyone_else(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    for id in ["s1", "s2", "current"] {
+        create(store.as_ref(), id, &of_customer("c1", NOW, None), NOW).await;
+    }
+    let later = StoredSession {
+        version: 2,
+        ..of_customer("c1", NOW + 1, None)
+    };
+    store
+        .write(
+            &key("s2"),
+            Expect::unchanged(&of_customer("c1", NOW, None)),
+            &later,
+            NOW,
+        )
+        .await
+        .unwrap();
+    create(store.as_ref(), "other", &of_customer("c2", NOW, None), NOW).await;
+    create(store.as_ref(), "anonymous", &record(1, None, "{}"), NOW).await;
+    let mut removed = store
+        .delete_customer_sessions(&customer("c1"), Some("current"), NOW)
+        .await
+        .unwrap();
+    removed.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    assert_eq!(
+        removed,
+        [
+            RemovedSession {
+                session_id: "s1".into(),
+                revision: Revision {
+                    version: 1,
+                    generation: GENERATION
+                }
+            },
+            RemovedSession {
+                session_id: "s2".into(),
+                revision: later.revision()
+            },
+        ]
+    );
+    for (id, kept) in [
+        ("s1", false),
+        ("s2", false),
+        ("current", true),
+        ("other", true),
+        ("anonymous", true),
+    ] {
+        assert_eq!(store.load(&key(id), NOW).await.unwrap().is_some(), kept, "{id}");
+    }
+    let left = store
+        .list_customer_sessions(&customer("c1"), page(0, 10), NOW)
+        .await
+        .unwrap();
+    assert_eq!((ids(&left), left.total), (vec!["current"], 1));
+    // nothing more to remove the second time
+    assert!(
+        store
+            .delete_customer_sessions(&customer("c1"), Some("current"), NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Sessions of the customer keep being created while the delete runs: every session that
+/// existed when it began is gone afterwards.
+async fn a_customers_delete_removes_all_that_existed_despite_a_concurrent_writer(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let before: Vec<String> = (0..300).map(|i| format!("old{i}")).collect();
+    write_many(&store, &before, "c1").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let record = of_customer("c1", NOW + n, None);
+                store
+                    .write(&key(&format!("new{n}")), Expect::Absent, &record, NOW)
+                    .await
+                    .unwrap();
+                n += 1;
+                tokio::task::yield_now().await;
+            }
+            n
+        }
+    });
+    // let the writer get going
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let removed = store
+        .delete_customer_sessions(&customer("c1"), None, NOW)
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let created = writer.await.unwrap();
+    assert!(removed.len() >= before.len(), "{} removed", removed.len());
+    for id in &before {
+        assert_eq!(store.load(&key(id), NOW).await.unwrap(), None, "{id} survived");
+    }
+    // what the writer created after the delete is still listed, and counted right
+    let left = store
+        .list_customer_sessions(&customer("c1"), page(0, 100_000), NOW)
+        .await
+        .unwrap();
+    assert_eq!(left.total as usize, left.sessions.len());
+    assert_eq!(removed.len() + left.sessions.len(), before.len() + created as usize);
+}
+
+/// Writes sessions `ids` of `customer` (modified at NOW + their index), many at a time.
+async fn write_many(store: &Arc<dyn SessionStore>, ids: &[String], customer: &str) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        if tasks.len() >= 64 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+        let (store, id, record) = (store.clone(), id.clone(), of_customer(customer, NOW + i as i64, None));
+        tasks.spawn(async move { store.write(&key(&id), Expect::Absent, &record, NOW).await.unwrap() });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// 10,000 sessions of one customer: a page is listed, and all are deleted, in seconds (on Redis
+/// a list checks every entry of the index: see ARCHITECTURE.md). Timings are printed, not
+/// asserted.
+async fn a_customer_with_many_sessions_lists_a_page_and_deletes_them_all(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let many = 10_000;
+    let all: Vec<String> = (0..many).map(|i| format!("m{i:05}")).collect();
+    let started = std::time::Instant::now();
+    write_many(&store, &all, "big").await;
+    let written = started.elapsed();
+    let started = std::time::Instant::now();
+    let list = store
+        .list_customer_sessions(&customer("big"), page(many as u64 / 2, 60), NOW)
+        .await
+        .unwrap();
+    let listed = started.elapsed();
+    assert_eq!(list.total, many as u64);
+    // newest first: index many/2 is the (many/2 + 1)-th newest
+    let expected: Vec<String> = (0..60).map(|i| format!("m{:05}", many / 2 - 1 - i)).collect();
+    assert_eq!(ids(&list), expected);
+    let started = std::time::Instant::now();
+    let removed = store
+        .delete_customer_sessions(&customer("big"), None, NOW)
+        .await
+        .unwrap();
+    let deleted = started.elapsed();
+    assert_eq!(removed.len(), many);
+    assert_eq!(
+        store
+            .list_customer_sessions(&customer("big"), page(0, 10), NOW)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    eprintln!(
+        "{backend:?}: {many} sessions written in {written:?}, a page listed in {listed:?}, all deleted in {deleted:?}"
+    );
+}
+
+/// The document of a session written by an earlier release: customer `c1` when `customer`,
+/// last modified at 2026-02-04T16:30:04.047Z plus `seconds`.
+fn old_doc(id: &str, customer: bool, seconds: u32) -> String {
+    let customer = if customer { r#""customerId":"c1","# } else { "" };
+    format!(
+        r#"{{"sessionId":"{id}",{customer}"context":{{}},"metadata":{{"version":3,"createdAt":"2026-02-04T16:30:00.000Z","modifiedAt":"2026-02-04T16:30:{:02}.047Z"}}}}"#,
+        4 + seconds
+    )
+}
+
+/// 2026-02-04T16:30:04.047Z
+const OLD_MODIFIED: i64 = 1_770_222_604_047;
+
+/// After the upgrade, `store` finds the sessions `old_doc` wrote for `c1` ("new" modified a
+/// second after "old"), with their customer and time, and only those.
+async fn old_sessions_are_found_by_customer(store: &dyn SessionStore) {
+    let list = store
+        .list_customer_sessions(&customer("c1"), page(0, 10), NOW)
+        .await
+        .unwrap();
+    assert_eq!((ids(&list), list.total), (vec!["new", "old"], 2));
+    let (_, old) = &list.sessions[1];
+    assert_eq!((old.customer.as_deref(), old.modified_at), (Some("c1"), OLD_MODIFIED));
+    assert_eq!(list.sessions[0].1.modified_at, OLD_MODIFIED + 1_000);
+    assert_eq!(old.doc, old_doc("old", true, 0));
+    let removed = store
+        .delete_customer_sessions(&customer("c1"), None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(
+        store.load(&key("anon"), NOW).await.unwrap().is_some(),
+        "an anonymous session stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrade_finds_existing_sessions_by_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        // the schema as the third migration left it
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sessions (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, session_id TEXT NOT NULL,
+                 version INTEGER NOT NULL, expires_at INTEGER, doc TEXT NOT NULL,
+                 generation INTEGER NOT NULL DEFAULT 0);
+             CREATE UNIQUE INDEX sessions_key ON sessions (tenant, session_id);
+             CREATE INDEX sessions_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        for (id, customer, seconds) in [("old", true, 0), ("new", true, 1), ("anon", false, 2)] {
+            conn.execute(
+                "INSERT INTO sessions (tenant, session_id, version, expires_at, doc) VALUES ('shop', ?1, 3, NULL, ?2)",
+                rusqlite::params![id, old_doc(id, customer, seconds)],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO sessions (tenant, session_id, version, expires_at, doc) VALUES ('shop', 'odd', 1, NULL, 'not json')",
+            [],
+        )
+        .unwrap();
+    }
+    let store = session_context::store::SqliteStore::open(&path).await.unwrap();
+    old_sessions_are_found_by_customer(&store).await;
+    assert_eq!(store.load(&key("odd"), NOW).await.unwrap().unwrap().doc, "not json");
+}
+
+/// A database migrated by the release before the customer index (two migrations) gets it,
+/// built from its sessions' documents.
+async fn postgres_upgrade_finds_existing_sessions_by_customer(backend: Backend) {
+    let url = crate::common::namespaced_url(backend).await;
+    let before = tempfile::tempdir().unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    for name in ["0001_sessions.sql", "0002_generation.sql"] {
+        std::fs::copy(migrations.join(name), before.path().join(name)).unwrap();
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let rows = [
+        ("old", old_doc("old", true, 0)),
+        ("new", old_doc("new", true, 1)),
+        ("anon", old_doc("anon", false, 2)),
+        ("odd", "not json".to_owned()),
+    ];
+    for (id, doc) in rows {
+        sqlx::query(
+            "INSERT INTO sessions (tenant, session_id, version, expires_at, doc) VALUES ('shop', $1, 3, NULL, $2)",
+        )
+        .bind(id)
+        .bind(doc)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
+    old_sessions_are_found_by_customer(store.as_ref()).await;
+    assert_eq!(store.load(&key("odd"), NOW).await.unwrap().unwrap().doc, "not json");
+}
+
+on_backend!(
+    postgres_customer_upgrade,
+    Postgres,
+    postgres_upgrade_finds_existing_sessions_by_customer
+);
+
+/// Sessions written before the customer index (hashes without fields `c` and `m`, no index
+/// entry) are listed under their customer by the backfill the store starts when it opens, and
+/// a write or delete of them keeps the index right.
+async fn redis_upgrade_finds_existing_sessions_by_customer(backend: Backend) {
+    let url = crate::common::namespaced_url(backend).await;
+    let prefix = url.rsplit_once("prefix=").unwrap().1.to_owned();
+    let base = backend.server_url().unwrap();
+    let old_hashes = [
+        ("old", old_doc("old", true, 0)),
+        ("new", old_doc("new", true, 1)),
+        ("anon", old_doc("anon", false, 2)),
+        ("odd", "not json".to_owned()),
+    ];
+    if backend == Backend::RedisCluster {
+        let nodes: Vec<String> = base
+            .trim_start_matches("redis-cluster://")
+            .split(',')
+            .map(|n| format!("redis://{n}"))
+            .collect();
+        let client = ::redis::cluster::ClusterClient::new(nodes).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        for (id, doc) in &old_hashes {
+            let _: () = ::redis::cmd("HSET")
+                .arg(format!("{prefix}:{{shop:{id}}}"))
+                .arg(&["v", "3", "d", doc.as_str()])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    } else {
+        let mut conn = ::redis::Client::open(base.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for (id, doc) in &old_hashes {
+            let _: () = ::redis::cmd("HSET")
+                .arg(format!("{prefix}:{{shop:{id}}}"))
+                .arg(&["v", "3", "d", doc.as_str()])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let store = session_context::store::open(&url.parse().unwrap()).await.unwrap();
+    // the backfill runs in the background: wait for it (it takes milliseconds here)
+    for _ in 0..100 {
+        let list = store
+            .list_customer_sessions(&customer("c1"), page(0, 10), NOW)
+            .await
+            .unwrap();
+        if list.total == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // an old session loads with its customer and time, from its document
+    let old = store.load(&key("old"), NOW).await.unwrap().unwrap();
+    assert_eq!((old.customer.as_deref(), old.modified_at), (Some("c1"), OLD_MODIFIED));
+    old_sessions_are_found_by_customer(store.as_ref()).await;
+    assert_eq!(store.load(&key("odd"), NOW).await.unwrap().unwrap().doc, "not json");
+}
+
+on_backend!(
+    redis_customer_upgrade,
+    Redis,
+    redis_upgrade_finds_existing_sessions_by_customer
+);
+on_backend!(
+    redis_cluster_customer_upgrade,
+    RedisCluster,
+    redis_upgrade_finds_existing_sessions_by_customer
+);

@@ -32,7 +32,10 @@ use async_trait::async_trait;
 use axum::http::Method;
 use serde_json::{Value, json};
 use session_context::clock::Millis;
-use session_context::store::{Expect, MemoryStore, Revision, SessionKey, SessionStore, StoreError, StoredSession};
+use session_context::store::{
+    CustomerKey, CustomerSessions, Expect, MemoryStore, Page, RemovedSession, Revision, SessionKey, SessionStore,
+    StoreError, StoredSession,
+};
 
 const KEYS: [&str; 3] = ["a", "b", "c"];
 
@@ -672,6 +675,24 @@ impl SessionStore for LastWriterWins {
         now: Millis,
     ) -> Result<(), StoreError> {
         self.0.extend(key, revision, expires_at, now).await
+    }
+
+    async fn list_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        page: Page,
+        now: Millis,
+    ) -> Result<CustomerSessions, StoreError> {
+        self.0.list_customer_sessions(customer, page, now).await
+    }
+
+    async fn delete_customer_sessions(
+        &self,
+        customer: &CustomerKey,
+        except: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<RemovedSession>, StoreError> {
+        self.0.delete_customer_sessions(customer, except, now).await
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
