@@ -11,7 +11,7 @@ use crate::clock::{Clock, Millis, parse_rfc3339};
 use crate::domain::lifetime::{Lifetime, MeAccess, me_access};
 use crate::domain::policy::{Footprint, PolicyError, TenantPolicies, TenantPolicy};
 use crate::domain::{ContextPatch, PatchRequest, PutRequest, SessionContext, TextField, rules};
-use crate::store::{Expect, SessionKey, SessionStore, StoreError, StoredSession};
+use crate::store::{CustomerKey, Expect, Page, SessionKey, SessionStore, StoreError, StoredSession};
 
 /// How many times a change is retried after losing a race before the caller is told to retry.
 const MAX_ATTEMPTS: usize = 1_000;
@@ -152,6 +152,21 @@ impl From<PolicyError> for ServiceError {
     fn from(err: PolicyError) -> Self {
         ServiceError::Policy(err)
     }
+}
+
+/// Which page of a list: numbered from 1, of `size` entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub number: u64,
+    pub size: u64,
+}
+
+/// One page of a customer's sessions, newest `modifiedAt` first, as the caller may see them,
+/// and how many the customer has in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerPage {
+    pub sessions: Vec<Snapshot>,
+    pub total: u64,
 }
 
 /// The use cases, over any store.
@@ -359,6 +374,53 @@ impl Sessions {
             }
         }
         Err(ServiceError::Contention)
+    }
+
+    /// One page of the live sessions of `customer` of `tenant` (endpoints 11 and 13), newest
+    /// `modifiedAt` first; a shopper (13) sees each without the tenant's hidden attributes.
+    /// A list is not a use of the sessions listed: their expiry stays as it is.
+    pub async fn list_customer(
+        &self,
+        tenant: &str,
+        customer: &str,
+        page: PageRequest,
+        caller: &Caller,
+    ) -> Result<CustomerPage, ServiceError> {
+        let key = CustomerKey::new(tenant, customer);
+        let offset = page.number.saturating_sub(1).saturating_mul(page.size).min(i64::MAX as u64);
+        let found = self
+            .store
+            .list_customer_sessions(
+                &key,
+                Page {
+                    offset,
+                    limit: page.size,
+                },
+                self.now(),
+            )
+            .await?;
+        let sessions = found
+            .sessions
+            .into_iter()
+            .map(|(id, record)| match caller {
+                Caller::Management => Ok(record.into()),
+                Caller::Me(_) => self.shopper_view(&key.session(&id), record.into()),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CustomerPage {
+            sessions,
+            total: found.total,
+        })
+    }
+
+    /// Ends every session of `customer` of `tenant` but `except` (endpoints 12 and 14): signs
+    /// the customer out everywhere, or erases what is held about them. Returns how many live
+    /// sessions went. Every session that was the customer's when the call began is gone when
+    /// it answers; a failure midway leaves the rest for a retry, which removes them.
+    pub async fn delete_customer(&self, tenant: &str, customer: &str, except: Option<&str>) -> Result<u64, ServiceError> {
+        let key = CustomerKey::new(tenant, customer);
+        let removed = self.store.delete_customer_sessions(&key, except, self.now()).await?;
+        Ok(removed.len() as u64)
     }
 
     /// Removes expired sessions in batches of `batch`; returns how many went.

@@ -32,6 +32,37 @@ pub struct MePrincipal {
     pub shopper: Shopper,
 }
 
+/// A customer's storefront token, for the customer's own sessions (13, 14): anonymous tokens
+/// are refused (403).
+#[derive(Debug, Clone)]
+pub struct CustomerPrincipal {
+    pub tenant: String,
+    pub customer: String,
+    /// The session the token names, if any (the one `keepCurrent=true` keeps).
+    pub session_id: Option<String>,
+}
+
+impl FromRequestParts<AppState> for CustomerPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (tenant, claims) = authenticate(parts, state).await?;
+        let customer = claims
+            .customer_id
+            .clone()
+            .ok_or_else(|| forbidden("Only a customer's token may list or end the customer's sessions"))?;
+        let session_id = claims
+            .session_id
+            .clone()
+            .filter(|id| validate::session_id(id).is_ok());
+        Ok(CustomerPrincipal {
+            tenant,
+            customer,
+            session_id,
+        })
+    }
+}
+
 impl FromRequestParts<AppState> for ManagementPrincipal {
     type Rejection = ApiError;
 

@@ -7,6 +7,7 @@ pub mod attributes;
 pub mod auth;
 pub mod context;
 pub mod cors;
+pub mod customers;
 pub mod error;
 pub mod extract;
 pub mod me;
@@ -67,6 +68,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(me::get_me, me::patch_me, me::delete_me))
         .routes(routes!(attributes::post_me_attribute))
         .routes(routes!(attributes::delete_me_attribute))
+        .routes(routes!(customers::list_contexts, customers::delete_contexts))
+        .routes(routes!(customers::list_my_contexts, customers::delete_my_contexts))
         .routes(routes!(ops::live))
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics))
