@@ -5,6 +5,9 @@
 //! that all backends behave alike and no update is ever lost. Moving the expiry (`extend`) is
 //! not a change of the session: version, generation and document stay as they are. When and
 //! to what an expiry moves is a rule of the contract, and those live in `domain/`, never here.
+//! Each store also keeps an index of every customer's sessions (list a customer's sessions
+//! newest first, page by page, and delete them all), built from the customer and modification
+//! time each record carries: see "The customer index" in docs/ARCHITECTURE.md.
 
 mod memory;
 mod postgres;

@@ -6,7 +6,9 @@
 //! generation = $g`, which touches no other column) are one statement each too. Migrations
 //! run at start under sqlx's advisory lock, so instances may start together. Every call is
 //! bounded by the statement timeout, also on the client side, so an unreachable database
-//! answers 503 instead of hanging.
+//! answers 503 instead of hanging. A customer's sessions are found through columns
+//! `customer_id` and `modified_at` and an index on them (migration `0003_customer_index.sql`):
+//! a page is one statement, a delete of them all one `DELETE ... RETURNING`.
 
 use std::future::Future;
 use std::str::FromStr;

@@ -6,7 +6,13 @@
 //! has none; the script that moves the expiry sets both, and leaves version, generation and
 //! document alone. The record's own expiry time is compared too, so a session is missing the
 //! moment it expires. Topology discovery, MOVED/ASK redirects and reconnects are the `redis`
-//! crate's work. No `KEYS`, `SCAN` or `RENAME` anywhere.
+//! crate's work. No `KEYS`, `SCAN` or `RENAME` on the request path (the one `SCAN` is the
+//! one-time backfill of the customer index, in the background at open).
+//!
+//! A customer's sessions are listed in an index of their own (a sorted set per customer, its own
+//! hash tag), written *before* the session and checked against the sessions when read: see
+//! [`customers`] and "The customer index" in docs/ARCHITECTURE.md. Each session hash also holds
+//! its customer (`c`) and modification time (`m`).
 //!
 //! Loads and pings have a connection of their own (on a cluster, one to each node), apart from
 //! the one the write, delete and extend scripts share. Redis runs one connection's commands in

@@ -10,6 +10,10 @@
 //! version = ? AND generation = ?` (only that column: version, generation and document stay).
 //! Moving an expiry is a write like any other here, so it goes through the writer thread, the
 //! group commit and the file checks below before it is acknowledged.
+//! A customer's sessions are found through columns `customer_id` and `modified_at` and an index
+//! on them (the fourth migration): a page is read in one read transaction (count, then
+//! `LIMIT`/`OFFSET` along the index), and a delete of them all is one `DELETE ... RETURNING`
+//! job of the writer thread, atomic like every other.
 //!
 //! **The file under the service.** SQLite keeps writing to the file it opened even after that
 //! file was deleted, or another one renamed over its path: the writes succeed, and are gone at

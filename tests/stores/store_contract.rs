@@ -380,6 +380,7 @@ on_every_backend!(
     a_customers_delete_spares_the_exception_and_everyone_else,
     a_customers_delete_removes_all_that_existed_despite_a_concurrent_writer,
     a_customer_with_many_sessions_lists_a_page_and_deletes_them_all,
+    failed_writes_and_odd_customer_ids_list_nothing_wrong,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -958,6 +959,51 @@ async fn a_customers_delete_removes_all_that_existed_despite_a_concurrent_writer
         .unwrap();
     assert_eq!(left.total as usize, left.sessions.len());
     assert_eq!(removed.len() + left.sessions.len(), before.len() + created as usize);
+}
+
+/// A write that loses its race lists nothing under the customer it would have given the
+/// session, and customer ids with the characters of keys and hash tags name one customer each.
+async fn failed_writes_and_odd_customer_ids_list_nothing_wrong(backend: Backend) {
+    let (store, _dir) = open_store(backend).await;
+    let odd = ["a:b", "a", "b", "{a}:b", "a%3Ab", "x}{"];
+    for (i, customer_id) in odd.iter().enumerate() {
+        create(
+            store.as_ref(),
+            &format!("s{i}"),
+            &of_customer(customer_id, NOW, None),
+            NOW,
+        )
+        .await;
+    }
+    for (i, customer_id) in odd.iter().enumerate() {
+        let list = store
+            .list_customer_sessions(&CustomerKey::new("shop", *customer_id), page(0, 10), NOW)
+            .await
+            .unwrap();
+        assert_eq!(ids(&list), [format!("s{i}")], "{customer_id}");
+    }
+    // s0 exists: a creation of it for "late" fails, an update from a stale revision too
+    let lost = store
+        .write(&key("s0"), Expect::Absent, &of_customer("late", NOW, None), NOW)
+        .await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    let stale = store
+        .write(&key("s0"), current(9), &of_customer("late", NOW, None), NOW)
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict)), "{stale:?}");
+    let late = store
+        .list_customer_sessions(&customer("late"), page(0, 10), NOW)
+        .await
+        .unwrap();
+    assert_eq!(late, CustomerSessions::default());
+    assert!(
+        store
+            .delete_customer_sessions(&customer("late"), None, NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.load(&key("s0"), NOW).await.unwrap().is_some());
 }
 
 /// Writes sessions `ids` of `customer` (modified at NOW + their index), many at a time.
