@@ -54,6 +54,10 @@ pub struct SeedArgs {
     /// About how large each session's JSON is, in bytes.
     #[arg(long, default_value_t = 1024)]
     pub bytes: usize,
+
+    /// Make every session this customer's (else they are anonymous and never expire).
+    #[arg(long)]
+    pub customer: Option<String>,
 }
 
 /// Flags of `session-context serve`.

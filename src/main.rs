@@ -55,6 +55,7 @@ fn seed(args: session_context::cli::SeedArgs) -> Result<(), String> {
         &args.prefix,
         args.count,
         args.bytes,
+        args.customer.as_deref(),
     ))?;
     println!("seeded {written} sessions ({} already there)", args.count - written);
     Ok(())

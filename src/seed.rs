@@ -34,9 +34,17 @@ pub fn sample_session(session_id: &str, bytes: usize, now: i64) -> SessionContex
     session
 }
 
-/// Writes sessions `<prefix>1` to `<prefix><count>` of `tenant`, replacing none that exist.
-/// Returns how many were written (existing ones are left alone).
-pub async fn seed(url: &StoreUrl, tenant: &str, prefix: &str, count: u64, bytes: usize) -> Result<u64, String> {
+/// Writes sessions `<prefix>1` to `<prefix><count>` of `tenant`, replacing none that exist,
+/// all of `customer` when one is given (else anonymous, never expiring). Returns how many were
+/// written (existing ones are left alone).
+pub async fn seed(
+    url: &StoreUrl,
+    tenant: &str,
+    prefix: &str,
+    count: u64,
+    bytes: usize,
+    customer: Option<&str>,
+) -> Result<u64, String> {
     let store = store::open(url)
         .await
         .map_err(|e| format!("cannot open the store {url}: {e}"))?;
@@ -48,7 +56,10 @@ pub async fn seed(url: &StoreUrl, tenant: &str, prefix: &str, count: u64, bytes:
             written += joined(tasks.join_next().await)?;
         }
         let (store, tenant, id) = (Arc::clone(&store), tenant.to_owned(), format!("{prefix}{i}"));
-        tasks.spawn(async move { write_one(store.as_ref(), &tenant, &id, bytes, now).await });
+        let customer = customer.map(str::to_owned);
+        // Distinct modification times, so that a customer's list has one order.
+        let modified = now + i64::try_from(i).unwrap_or(i64::MAX);
+        tasks.spawn(async move { write_one(store.as_ref(), &tenant, &id, bytes, customer, modified).await });
     }
     while let Some(result) = tasks.join_next().await {
         written += joined(Some(result))?;
@@ -56,8 +67,16 @@ pub async fn seed(url: &StoreUrl, tenant: &str, prefix: &str, count: u64, bytes:
     Ok(written)
 }
 
-async fn write_one(store: &dyn SessionStore, tenant: &str, id: &str, bytes: usize, now: i64) -> Result<u64, String> {
-    let session = sample_session(id, bytes, now);
+async fn write_one(
+    store: &dyn SessionStore,
+    tenant: &str,
+    id: &str,
+    bytes: usize,
+    customer: Option<String>,
+    now: i64,
+) -> Result<u64, String> {
+    let mut session = sample_session(id, bytes, now);
+    session.customer_id = customer;
     let record = StoredSession {
         version: session.metadata.version,
         generation: StoredSession::new_generation().map_err(|e| e.to_string())?,
@@ -102,7 +121,7 @@ mod tests {
         let url: StoreUrl = format!("sqlite://{}", dir.path().join("s.db").display())
             .parse()
             .unwrap();
-        assert_eq!(seed(&url, "bench", "b", 100, 500).await, Ok(100));
-        assert_eq!(seed(&url, "bench", "b", 120, 500).await, Ok(20));
+        assert_eq!(seed(&url, "bench", "b", 100, 500, None).await, Ok(100));
+        assert_eq!(seed(&url, "bench", "b", 120, 500, None).await, Ok(20));
     }
 }

@@ -387,7 +387,11 @@ impl Sessions {
         caller: &Caller,
     ) -> Result<CustomerPage, ServiceError> {
         let key = CustomerKey::new(tenant, customer);
-        let offset = page.number.saturating_sub(1).saturating_mul(page.size).min(i64::MAX as u64);
+        let offset = page
+            .number
+            .saturating_sub(1)
+            .saturating_mul(page.size)
+            .min(i64::MAX as u64);
         let found = self
             .store
             .list_customer_sessions(
@@ -417,7 +421,12 @@ impl Sessions {
     /// the customer out everywhere, or erases what is held about them. Returns how many live
     /// sessions went. Every session that was the customer's when the call began is gone when
     /// it answers; a failure midway leaves the rest for a retry, which removes them.
-    pub async fn delete_customer(&self, tenant: &str, customer: &str, except: Option<&str>) -> Result<u64, ServiceError> {
+    pub async fn delete_customer(
+        &self,
+        tenant: &str,
+        customer: &str,
+        except: Option<&str>,
+    ) -> Result<u64, ServiceError> {
         let key = CustomerKey::new(tenant, customer);
         let removed = self.store.delete_customer_sessions(&key, except, self.now()).await?;
         Ok(removed.len() as u64)

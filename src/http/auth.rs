@@ -51,10 +51,7 @@ impl FromRequestParts<AppState> for CustomerPrincipal {
             .customer_id
             .clone()
             .ok_or_else(|| forbidden("Only a customer's token may list or end the customer's sessions"))?;
-        let session_id = claims
-            .session_id
-            .clone()
-            .filter(|id| validate::session_id(id).is_ok());
+        let session_id = claims.session_id.clone().filter(|id| validate::session_id(id).is_ok());
         Ok(CustomerPrincipal {
             tenant,
             customer,

@@ -79,7 +79,12 @@ impl ListQuery {
                 .parse::<u64>()
                 .ok()
                 .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
-                .ok_or_else(|| invalid("pageSize", format!("pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}")))?,
+                .ok_or_else(|| {
+                    invalid(
+                        "pageSize",
+                        format!("pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}"),
+                    )
+                })?,
         };
         Ok(PageRequest { number, size })
     }
@@ -119,7 +124,10 @@ fn page_response(page: CustomerPage) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
-            (header::HeaderName::from_static("x-total-count"), HeaderValue::from(page.total)),
+            (
+                header::HeaderName::from_static("x-total-count"),
+                HeaderValue::from(page.total),
+            ),
         ],
         body,
     )
