@@ -26,6 +26,49 @@ pub enum Command {
     Token(TokenArgs),
     /// Fill a store with generated sessions (for benchmarks and load tests).
     Seed(SeedArgs),
+    /// List or end a customer's sessions straight on a store (also when the service is down).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+/// `session-context sessions list|delete`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Print every live session of a customer, newest change first, one JSON object per line.
+    List(CustomerArgs),
+    /// End every session of a customer (sign out everywhere, or erase what is held about them).
+    Delete(DeleteCustomerArgs),
+}
+
+/// Which customer, on which store.
+#[derive(Debug, Args)]
+pub struct CustomerArgs {
+    /// The store, as for `serve --store`.
+    #[arg(
+        long,
+        env = "SESSION_CONTEXT_STORE",
+        default_value = "sqlite://./data/session-context.db"
+    )]
+    pub store: StoreUrl,
+
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+
+    /// The customer id (the same id in another tenant is another customer).
+    #[arg(long)]
+    pub customer: String,
+}
+
+/// Flags of `session-context sessions delete`.
+#[derive(Debug, Args)]
+pub struct DeleteCustomerArgs {
+    #[command(flatten)]
+    pub customer: CustomerArgs,
+
+    /// A session id to keep.
+    #[arg(long)]
+    pub except: Option<String>,
 }
 
 /// Flags of `session-context seed`.

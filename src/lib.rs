@@ -1,6 +1,6 @@
 //! session-context: a self-hostable service that speaks the Emporix Session-context API.
 //!
-//! - [`cli`] parses the command line (`serve`, `token`, `seed`); [`config`] turns it into one
+//! - [`cli`] parses the command line (`serve`, `token`, `seed`, `sessions`); [`config`] turns it into one
 //!   typed [`config::Settings`]; [`startup`] builds the state, binds and serves (used by `main`
 //!   and tests); [`connections`] is the accept loop: every connection's header and idle
 //!   deadlines, the connection cap, the HTTP/2 limits.
@@ -11,7 +11,9 @@
 //!   and Redis Cluster), one file each.
 //! - [`auth`] verifies access tokens and saas-tokens; [`http`] is the router, the extractors
 //!   that turn tokens into principals, the handlers and the error body.
-//! - [`seed`] fills a store with generated sessions for benchmarks and load tests.
+//! - [`seed`] fills a store with generated sessions for benchmarks and load tests;
+//!   [`operator`] lists and ends a customer's sessions straight on a store
+//!   (`session-context sessions list|delete`).
 //! - [`clock`] is the time source, injectable so expiry can be tested without sleeping.
 
 pub mod auth;
@@ -21,6 +23,7 @@ pub mod config;
 pub mod connections;
 pub mod domain;
 pub mod http;
+pub mod operator;
 pub mod seed;
 pub mod service;
 pub mod startup;

@@ -4,8 +4,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use session_context::auth::mint::{TokenSpec, mint_hs256};
-use session_context::cli::Command;
+use session_context::cli::{Command, SessionsCommand};
 use session_context::config::{CommandLineError, Settings, parse_command_line};
+use session_context::operator;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: allocation was about a third of the instructions
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         )
         .map(|token| println!("{token}")),
         Command::Seed(args) => seed(args),
+        Command::Sessions(command) => sessions(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +60,33 @@ fn seed(args: session_context::cli::SeedArgs) -> Result<(), String> {
         args.customer.as_deref(),
     ))?;
     println!("seeded {written} sessions ({} already there)", args.count - written);
+    Ok(())
+}
+
+/// `sessions list|delete`: a customer's sessions straight on a store.
+fn sessions(command: SessionsCommand) -> Result<(), String> {
+    let runtime = runtime()?;
+    match command {
+        SessionsCommand::List(who) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let listed = runtime.block_on(operator::list(&who.store, &who.tenant, &who.customer, &mut out))?;
+            std::io::Write::flush(&mut out).map_err(|e| format!("cannot write: {e}"))?;
+            eprintln!(
+                "{listed} sessions of customer {} in tenant {}",
+                who.customer, who.tenant
+            );
+        }
+        SessionsCommand::Delete(args) => {
+            let who = &args.customer;
+            let deleted = runtime.block_on(operator::delete(
+                &who.store,
+                &who.tenant,
+                &who.customer,
+                args.except.as_deref(),
+            ))?;
+            println!("{}", serde_json::json!({ "deleted": deleted }));
+        }
+    }
     Ok(())
 }
 
