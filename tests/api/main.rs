@@ -6,6 +6,7 @@
 //! - `journey`: the shopper's journey (lifetimes, login adoption, first use, logout);
 //! - `auth_matrix`: every kind of bad or insufficient token on every endpoint;
 //! - `cors`: browser storefronts through the router;
+//! - `customers`: a customer's sessions (11 to 14), on every store;
 //! - `policy`: the tenant policy (limits, protected and hidden attributes, allowed values), on
 //!   every store;
 //! - `fuzz_regressions`: every committed fuzz input replayed through the fuzz targets' checks.
@@ -18,6 +19,7 @@ mod common;
 
 mod auth_matrix;
 mod cors;
+mod customers;
 mod endpoints;
 mod fuzz_regressions;
 mod journey;
