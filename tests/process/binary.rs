@@ -757,3 +757,115 @@ fn a_declared_body_over_the_limit_gets_413_at_once_without_100_continue() {
     let answer = read_until(&mut stream, &|text: &str| text.contains("HTTP/1.1 201"));
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
 }
+
+/// An operator's `sessions list` and `sessions delete`, straight on a store with the service
+/// down: what `seed --customer` wrote is listed newest first and ended, others are untouched.
+#[test]
+fn an_operator_lists_and_ends_a_customers_sessions_without_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .env_remove("SESSION_CONTEXT_STORE")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let seed = |prefix: &str, count: &str, customer: &str| {
+        run(&[
+            "seed",
+            "--store",
+            &store,
+            "--tenant",
+            "shop",
+            "--prefix",
+            prefix,
+            "--count",
+            count,
+            "--bytes",
+            "300",
+            "--customer",
+            customer,
+        ]);
+    };
+    seed("c-", "25", "C1");
+    seed("d-", "3", "C2");
+    let listed = run(&[
+        "sessions",
+        "list",
+        "--store",
+        &store,
+        "--tenant",
+        "shop",
+        "--customer",
+        "C1",
+    ]);
+    let ids: Vec<String> = listed
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["sessionId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 25);
+    assert_eq!((ids[0].as_str(), ids[24].as_str()), ("c-25", "c-1"), "newest first");
+    let deleted = run(&[
+        "sessions",
+        "delete",
+        "--store",
+        &store,
+        "--tenant",
+        "shop",
+        "--customer",
+        "C1",
+        "--except",
+        "c-3",
+    ]);
+    assert_eq!(serde_json::from_str::<Value>(&deleted).unwrap(), json!({"deleted": 24}));
+    let left = run(&[
+        "sessions",
+        "list",
+        "--store",
+        &store,
+        "--tenant",
+        "shop",
+        "--customer",
+        "C1",
+    ]);
+    assert_eq!(left.lines().count(), 1);
+    let other = run(&[
+        "sessions",
+        "list",
+        "--store",
+        &store,
+        "--tenant",
+        "shop",
+        "--customer",
+        "C2",
+    ]);
+    assert_eq!(other.lines().count(), 3, "another customer's stay");
+    // A bad tenant is refused with a message, as the API refuses it.
+    let output = Command::new(BIN)
+        .args([
+            "sessions",
+            "delete",
+            "--store",
+            &store,
+            "--tenant",
+            "Shop!",
+            "--customer",
+            "C1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--tenant"));
+}
