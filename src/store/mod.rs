@@ -10,6 +10,7 @@
 //! time each record carries: see "The customer index" in docs/ARCHITECTURE.md.
 
 mod memory;
+pub mod outbox;
 mod postgres;
 mod redis;
 mod sqlite;
@@ -263,6 +264,32 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes up to `limit` records expired at `now`; returns how many went.
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError>;
+
+    /// Turns the outbox on (see [`outbox`]): from then on every change also records, in the
+    /// same atomic step, one entry per destination `0..destinations` with the event that tells
+    /// of it. 0 (the default) = off: nothing is recorded and changes cost what they did.
+    /// Called once, at start, before the first change.
+    fn set_event_destinations(&self, destinations: u16);
+
+    /// Claims up to `limit` due outbox entries for `owner` until `now + lease`: of each
+    /// (destination, session), only the oldest entry not yet settled as done, and only when it
+    /// is due (its next attempt is not after `now`) and not claimed by another owner (or that
+    /// claim ran out). So a destination gets a session's events in order, one at a time, and
+    /// two dispatchers hold the same entry only after a claim ran out (a failure).
+    async fn claim_events(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Millis,
+        now: Millis,
+    ) -> Result<Vec<outbox::PendingEvent>, StoreError>;
+
+    /// Settles a claimed entry: done (it goes), or to be retried not before a time (its
+    /// attempts counted, its claim released). An entry already gone is no error.
+    async fn settle_event(&self, entry: &str, settlement: &outbox::Settlement) -> Result<(), StoreError>;
+
+    /// How many entries wait and how old the oldest is (for the metrics).
+    async fn outbox_stats(&self) -> Result<outbox::OutboxStats, StoreError>;
 
     /// Whether the store can take writes now (readiness): it answers, and, where the store can
     /// tell, its storage accepts writes (SQLite: the file is still the one opened and the disk

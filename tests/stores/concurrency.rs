@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 use session_context::clock::Millis;
+use session_context::store::outbox::{OutboxStats, PendingEvent, Settlement};
 use session_context::store::{
     CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SessionKey, SessionStore, StoreError,
     StoredSession,
@@ -219,6 +220,28 @@ impl SessionStore for Gate {
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         self.inner.sweep_expired(now, limit).await
+    }
+
+    fn set_event_destinations(&self, destinations: u16) {
+        self.inner.set_event_destinations(destinations)
+    }
+
+    async fn claim_events(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Millis,
+        now: Millis,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        self.inner.claim_events(owner, limit, lease, now).await
+    }
+
+    async fn settle_event(&self, entry: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        self.inner.settle_event(entry, settlement).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.inner.outbox_stats().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,7 +9,8 @@
 //!   with the model, the clock moving past idle timeouts and the anonymous cap;
 //! - `histories`: concurrent clients on real service processes, each session's history
 //!   checked for linearizability against the model (`histories::checker`);
-//! - `lifecycle`: the background sweep removes expired sessions from storage.
+//! - `lifecycle`: the background sweep removes expired sessions from storage;
+//! - `outbox`: with events on, every change records its event atomically; the claim rules.
 //!
 //! Run one part with a filter: `cargo test --test stores histories::`.
 
@@ -22,4 +23,5 @@ mod histories;
 mod lifecycle;
 mod model;
 mod model_based;
+mod outbox;
 mod store_contract;

@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use axum::http::Method;
 use serde_json::{Value, json};
 use session_context::clock::Millis;
+use session_context::store::outbox::{OutboxStats, PendingEvent, Settlement};
 use session_context::store::{
     CustomerKey, CustomerSessions, Expect, MemoryStore, Page, RemovedSession, Revision, SessionKey, SessionStore,
     StoreError, StoredSession,
@@ -697,6 +698,28 @@ impl SessionStore for LastWriterWins {
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         self.0.sweep_expired(now, limit).await
+    }
+
+    fn set_event_destinations(&self, destinations: u16) {
+        self.0.set_event_destinations(destinations)
+    }
+
+    async fn claim_events(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Millis,
+        now: Millis,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        self.0.claim_events(owner, limit, lease, now).await
+    }
+
+    async fn settle_event(&self, entry: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        self.0.settle_event(entry, settlement).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.0.outbox_stats().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
