@@ -294,6 +294,24 @@ pub struct ServeArgs {
     )]
     pub cors_origin: Vec<String>,
 
+    /// A receiver of events: every change of a session is POSTed to it as a signed
+    /// CloudEvent (Standard Webhooks); repeatable, comma-separated in the environment. Events
+    /// are off without one.
+    #[arg(long, env = "SESSION_CONTEXT_WEBHOOK_URL", value_name = "URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+
+    /// The key events are signed with (`whsec_<base64>`, or any other string as its bytes).
+    #[arg(long, env = "SESSION_CONTEXT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Longest wait between two attempts to deliver an event.
+    #[arg(long, env = "SESSION_CONTEXT_WEBHOOK_MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
+    pub webhook_max_backoff: Duration,
+
+    /// How long an event is retried before it is dropped (and counted).
+    #[arg(long, env = "SESSION_CONTEXT_WEBHOOK_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_retention: Duration,
+
     /// Try it out: use a random secret (unless one is given) and print ready-to-use tokens.
     #[arg(long, env = "SESSION_CONTEXT_DEV")]
     pub dev: bool,

@@ -12,6 +12,7 @@ use crate::cli::ServeArgs;
 use crate::clock::Millis;
 use crate::domain::policy::{AllowedValues, Patterns, TenantPolicies, TenantPolicy};
 use crate::domain::{Lifetime, TextField};
+use crate::events::WebhookSettings;
 use crate::http::cors::CorsOrigins;
 use crate::service::Policy;
 use crate::store::StoreUrl;
@@ -39,6 +40,8 @@ pub struct Settings {
     pub cors_origins: CorsOrigins,
     /// Tenants whose `[tenants.<name>]` table lists origins of its own.
     pub tenant_cors_origins: HashMap<String, CorsOrigins>,
+    /// Where events go (`--webhook-url`); `None` = events off.
+    pub webhooks: Option<WebhookSettings>,
     /// In `--dev` mode, the secret to print demo tokens with.
     pub dev_secret: Option<Vec<u8>>,
 }
@@ -124,6 +127,12 @@ impl Settings {
                 )?,
             },
         };
+        let webhooks = webhooks(
+            &args.webhook_url,
+            args.webhook_secret.as_deref(),
+            args.webhook_max_backoff,
+            args.webhook_retention,
+        )?;
         let config = args
             .config
             .as_deref()
@@ -173,9 +182,48 @@ impl Settings {
             sweep_interval: args.sweep_interval,
             cors_origins,
             tenant_cors_origins,
+            webhooks,
             dev_secret,
         })
     }
+}
+
+/// The events' settings, checked: `None` without a URL; with one, a secret is required.
+fn webhooks(
+    urls: &[String],
+    secret: Option<&str>,
+    max_backoff: Duration,
+    retention: Duration,
+) -> Result<Option<WebhookSettings>, String> {
+    let urls: Vec<url::Url> = urls
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            url::Url::parse(u)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+                .ok_or_else(|| format!("--webhook-url `{u}` is not an http:// or https:// URL"))
+        })
+        .collect::<Result<_, _>>()?;
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if urls.len() > usize::from(u16::MAX) {
+        return Err("too many --webhook-url".into());
+    }
+    let secret = secret
+        .filter(|s| !s.is_empty())
+        .ok_or("--webhook-url needs --webhook-secret (or SESSION_CONTEXT_WEBHOOK_SECRET): events are signed")?;
+    if max_backoff.is_zero() || retention.is_zero() {
+        return Err("--webhook-max-backoff and --webhook-retention must be greater than 0".into());
+    }
+    Ok(Some(WebhookSettings {
+        urls,
+        key: WebhookSettings::key_of(secret)?,
+        max_backoff,
+        retention,
+    }))
 }
 
 /// The smallest `--max-session-bytes`: below it, hardly a session could be stored at all.

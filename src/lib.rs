@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod operator;
 pub mod seed;

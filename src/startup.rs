@@ -13,6 +13,7 @@ use crate::auth::mint::{TokenSpec, mint_hs256};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::connections::{self, ConnectionLimits};
+use crate::events::{Dispatcher, EventMetrics};
 use crate::http::metrics::Metrics;
 use crate::http::{self, AppState};
 use crate::service::Sessions;
@@ -23,17 +24,33 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How many expired sessions one sweep statement removes.
 const SWEEP_BATCH: usize = 500;
 
-/// Opens the store and builds the shared state.
-pub async fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppState, String> {
+/// Opens the store and builds the shared state, and, with `--webhook-url`, the dispatcher of
+/// the events (the store records them from then on).
+pub async fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<(AppState, Option<Dispatcher>), String> {
     let verifier = Verifier::new(&settings.auth)?;
     let store = store::open(&settings.store)
         .await
         .map_err(|e| format!("cannot open the store {}: {e}", settings.store))?;
+    let mut metrics = Metrics::default();
+    let dispatcher = match &settings.webhooks {
+        None => None,
+        Some(webhooks) => {
+            let destinations = u16::try_from(webhooks.urls.len()).map_err(|_| "too many --webhook-url")?;
+            store.set_event_destinations(destinations);
+            let event_metrics = EventMetrics::default();
+            metrics.register_events(&event_metrics);
+            Some(Dispatcher::new(
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                webhooks.clone(),
+                event_metrics,
+            )?)
+        }
+    };
     let sessions = Sessions::new(store, clock, settings.policy.clone());
-    Ok(AppState::new(
-        sessions,
-        Arc::new(verifier),
-        Arc::new(Metrics::default()),
+    Ok((
+        AppState::new(sessions, Arc::new(verifier), Arc::new(metrics)),
+        dispatcher,
     ))
 }
 
@@ -67,7 +84,7 @@ fn jittered(interval: Duration) -> Duration {
 /// Runs the service as `session-context serve` does, until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> Result<(), String> {
     let shutdown = shutdown_signal()?;
-    let state = build_state(&settings, Arc::new(SystemClock)).await?;
+    let (state, dispatcher) = build_state(&settings, Arc::new(SystemClock)).await?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -77,7 +94,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         print_dev_guide(secret, &address.to_string())?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sweeper = spawn_sweeper(state.clone(), settings.sweep_interval, stop_rx);
+    let sweeper = spawn_sweeper(state.clone(), settings.sweep_interval, stop_rx.clone());
+    let dispatcher = dispatcher.map(|d| tokio::spawn(d.run(stop_rx)));
     let app = http::router(
         state,
         &http::RequestLimits {
@@ -99,6 +117,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     connections::serve(listener, app, limits, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    if let Some(dispatcher) = dispatcher {
+        let _ = dispatcher.await;
+    }
     tracing::info!("session-context stopped");
     Ok(())
 }

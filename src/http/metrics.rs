@@ -75,6 +75,36 @@ impl Metrics {
         text
     }
 
+    /// Registers the events' metrics (with `--webhook-url`).
+    pub fn register_events(&mut self, events: &crate::events::EventMetrics) {
+        let registry = &mut self.registry;
+        registry.register(
+            "events_pending",
+            "Events waiting in the outbox (all destinations)",
+            events.pending.clone(),
+        );
+        registry.register(
+            "events_oldest_pending_age_seconds",
+            "Age of the oldest event waiting in the outbox",
+            events.oldest_pending_age.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events delivered (answered 2xx)",
+            events.delivered.clone(),
+        );
+        registry.register(
+            "events_failed_attempts",
+            "Event deliveries that failed (each retried until the retention)",
+            events.failed_attempts.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events given up: past the retention, or for a destination no longer configured",
+            events.dropped.clone(),
+        );
+    }
+
     /// Counts sessions removed by the expiry sweep.
     pub fn record_swept(&self, count: usize) {
         self.swept.inc_by(count as u64);
