@@ -64,6 +64,22 @@ pub const SESSION_ID: StringRule = StringRule {
     words: "sessionId must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
 };
 
+/// `q` of a customer's sessions (11, 12): `customerId:` and the customer's id (1 to 256
+/// characters, as `customerId` in a body).
+pub const CUSTOMER_QUERY: StringRule = StringRule {
+    pattern: "^customerId:[\\s\\S]+$",
+    min_chars: 12,
+    max_chars: 11 + MAX_TEXT_CHARS,
+    words: "q must be customerId:<id>, the id 1 to 256 characters",
+};
+
+/// The customer a `q` names ([`CUSTOMER_QUERY`]).
+pub fn customer_query(q: &str) -> Result<&str, FieldError> {
+    q.strip_prefix("customerId:")
+        .filter(|id| (1..=MAX_TEXT_CHARS).contains(&id.chars().count()))
+        .ok_or_else(|| FieldError::new("q", "invalid_format", CUSTOMER_QUERY.words))
+}
+
 /// `currency`: three capital letters.
 pub const CURRENCY: StringRule = StringRule {
     pattern: "^[A-Z]{3}$",

@@ -11,7 +11,7 @@ use super::AppState;
 use super::auth::{CustomerPrincipal, ManagementPrincipal};
 use super::error::{ApiError, SessionErrors};
 use crate::domain::session::SessionContext;
-use crate::domain::{FieldError, TextField, validate};
+use crate::domain::{FieldError, validate};
 use crate::service::{Caller, CustomerPage, PageRequest, Shopper};
 
 /// The default `pageSize`.
@@ -56,10 +56,7 @@ impl ListQuery {
             .q
             .as_deref()
             .ok_or_else(|| ApiError::invalid(FieldError::new("q", "required", "q=customerId:<id> is required")))?;
-        let id = q
-            .strip_prefix("customerId:")
-            .ok_or_else(|| invalid("q", "only q=customerId:<id> is understood"))?;
-        validate::text_field(TextField::CustomerId, id).map_err(|e| invalid("q", e.message))?;
+        let id = validate::customer_query(q).map_err(ApiError::invalid)?;
         Ok(id.to_owned())
     }
 
@@ -145,7 +142,7 @@ fn deleted_response(deleted: u64) -> Response {
     tag = "Session management",
     params(
         super::openapi::TenantPath,
-        ("q" = String, Query, description = "customerId:<id>, the customer whose sessions to list (required; the only form understood)"),
+        super::openapi::CustomerQueryParam,
         ("pageNumber" = Option<u64>, Query, minimum = 1, description = "The page, from 1 (default 1)"),
         ("pageSize" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Sessions per page, 1 to 1000 (default 60)"),
     ),
@@ -177,8 +174,8 @@ pub async fn list_contexts(
     tag = "Session management",
     params(
         super::openapi::TenantPath,
-        ("q" = String, Query, description = "customerId:<id>, the customer whose sessions to end (required)"),
-        ("except" = Option<String>, Query, description = "A session id to keep"),
+        super::openapi::CustomerQueryParam,
+        super::openapi::ExceptParam,
     ),
     responses(
         (status = 200, description = "How many sessions were ended; every session the customer had when the request arrived is gone", body = Deleted),

@@ -107,6 +107,38 @@ impl IntoParams for SessionIdPath {
     }
 }
 
+/// `q` of a customer's sessions (11, 12).
+pub struct CustomerQueryParam;
+
+impl IntoParams for CustomerQueryParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let about = "customerId:<id>: the customer (required; the only form understood)";
+        vec![rule_parameter(
+            "q",
+            ParameterIn::Query,
+            Required::True,
+            &validate::CUSTOMER_QUERY,
+            about,
+        )]
+    }
+}
+
+/// `except` of a delete by customer (12).
+pub struct ExceptParam;
+
+impl IntoParams for ExceptParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let about = "A session of the customer to keep";
+        vec![rule_parameter(
+            "except",
+            ParameterIn::Query,
+            Required::False,
+            &validate::SESSION_ID,
+            about,
+        )]
+    }
+}
+
 /// The `If-Match` header of PUT and PATCH.
 pub struct IfMatchHeader;
 
@@ -442,6 +474,12 @@ mod tests {
             corpus.push(format!("de{}", "-abc".repeat(n)));
         }
         corpus.extend(["*", "\"\"", "\"+5\"", "en_US", "de__DE", "EUR", "DE", "shop"].map(String::from));
+        for id in ["C1", "a b\nc", "\u{7f}", "{x}:%y"] {
+            corpus.push(format!("customerId:{id}"));
+        }
+        corpus.push(format!("customerId:{}", "é".repeat(256)));
+        corpus.push(format!("customerId:{}", "é".repeat(257)));
+        corpus.extend(["customerId:", "customerid:C1", "cartId:C1"].map(String::from));
         corpus
     }
 
@@ -449,7 +487,8 @@ mod tests {
     fn every_pattern_in_the_document_is_a_rule_the_service_checks_alike() {
         use crate::domain::TextField;
         type Check = fn(&str) -> bool;
-        let rules: [(StringRule, Check); 6] = [
+        let rules: [(StringRule, Check); 7] = [
+            (validate::CUSTOMER_QUERY, |v| validate::customer_query(v).is_ok()),
             (validate::TENANT, |v| validate::tenant(v).is_ok()),
             (validate::SESSION_ID, |v| validate::session_id(v).is_ok()),
             (validate::CURRENCY, |v| {
