@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # The benchmark: starts the service itself on each store, seeds sessions, and drives it with wrk
 # side by side with its own /health/live route and with nginx serving the same session JSON as a
-# static file. Prints a Markdown table (and writes it to target/bench/results.md).
+# static file. Prints Markdown tables (and writes them to target/bench/results.md).
 #
-#   scripts/bench.sh
+#   scripts/bench.sh                          # both parts, every store
+#   BENCH_PARTS=customer scripts/bench.sh     # only a customer's sessions (issue 11)
 #
-# Settings (environment): BENCH_STORES="memory sqlite postgres redis", BENCH_SESSIONS=10000,
-# BENCH_CONNECTIONS="16 64 256", BENCH_SECONDS=5, BENCH_THREADS=2, BENCH_BYTES=1024,
-# BENCH_POSTGRES_URL, BENCH_POSTGRES_OPTIONS (store URL options, e.g. pool_size=8), BENCH_REDIS_URL. Installs wrk and nginx from Debian if they are missing.
+# Parts (BENCH_PARTS, space-separated, default "routes customer"):
+# - routes: wrk on the single-session routes (GET, PUT, attribute POST, /me GET and PATCH).
+# - customer: one customer with BENCH_CUSTOMER_SESSIONS sessions (plus BENCH_SESSIONS anonymous
+#   ones and 100 of another customer): the time of GET /contexts?q=customerId:C for page 1 and a
+#   deep page (pageSize=60, median of BENCH_CUSTOMER_REPEAT), of walking every page at
+#   pageSize=1000, the service's resident memory (VmRSS, VmHWM) before and after the walk, and
+#   the time of DELETE /contexts?q=customerId:C against the delete of one session.
+#
+# Settings (environment): BENCH_STORES="memory sqlite postgres redis" (plus redis-cluster when
+# BENCH_REDIS_CLUSTER_URL=redis-cluster://HOST:PORT,... is given; keys under a prefix of their own,
+# removed afterwards), BENCH_SESSIONS=10000, BENCH_CONNECTIONS="16 64 256", BENCH_SECONDS=5,
+# BENCH_THREADS=2, BENCH_BYTES=1024, BENCH_POSTGRES_URL, BENCH_POSTGRES_OPTIONS (store URL options,
+# e.g. pool_size=8), BENCH_REDIS_URL, BENCH_CUSTOMER_SESSIONS=10000, BENCH_CUSTOMER_DEEP_PAGE=160,
+# BENCH_CUSTOMER_REPEAT=5. Installs wrk and nginx from Debian if they are missing (routes only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-stores=${BENCH_STORES:-"memory sqlite postgres redis"}
+parts=${BENCH_PARTS:-"routes customer"}
+cluster_url=${BENCH_REDIS_CLUSTER_URL:-}
+stores=${BENCH_STORES:-"memory sqlite postgres redis${cluster_url:+ redis-cluster}"}
 sessions=${BENCH_SESSIONS:-10000}
 levels=${BENCH_CONNECTIONS:-"16 64 256"}
 seconds=${BENCH_SECONDS:-5}
@@ -19,16 +33,34 @@ threads=${BENCH_THREADS:-2}
 bytes=${BENCH_BYTES:-1024}
 postgres_url=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/session_context_bench}
 redis_url=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14}
+customer_sessions=${BENCH_CUSTOMER_SESSIONS:-10000}
+deep_page=${BENCH_CUSTOMER_DEEP_PAGE:-160}
+repeat=${BENCH_CUSTOMER_REPEAT:-5}
+customer=bench-customer
+other_customer=bench-other-customer
+cluster_prefix=bench-$$
 secret=bench-secret-bench-secret-bench-secret
 out=target/bench
 mkdir -p "$out"
 work=$(mktemp -d)
 chmod 755 "$work" # nginx's workers run as an unprivileged user
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [ -n "$cluster_url" ]; then clean_cluster || true; fi
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+has_part() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+for part in $parts; do
+    case $part in
+        routes | customer) ;;
+        *) echo "unknown part $part (BENCH_PARTS: routes, customer)" >&2; exit 2 ;;
+    esac
+done
+
+if has_part routes && { ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; }; then
     echo "installing wrk and nginx from Debian" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
 fi
@@ -38,27 +70,104 @@ bin=target/release/session-context
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 
-# Tokens: one management token, and storefront tokens for the first 200 seeded sessions.
-manager=$("$bin" token --secret "$secret" --tenant bench --scope session_context.context_manage --ttl 2h)
-for i in $(seq 1 200); do
-    "$bin" token --secret "$secret" --tenant bench --session-id "bench-$i" --ttl 2h
-done > "$work/me-tokens"
+# The primaries of the cluster BENCH_REDIS_CLUSTER_URL names, as host:port.
+cluster_primaries() {
+    local seed=${cluster_url#*://}
+    seed=${seed%%[,/?]*}
+    redis-cli -h "${seed%:*}" -p "${seed##*:}" cluster nodes | awk '/master/ && !/fail/ { sub(/@.*/, "", $2); print $2 }'
+}
+# Removes every key of this run's prefix from the cluster (it may be shared: nothing else is touched).
+clean_cluster() {
+    local node
+    for node in $(cluster_primaries); do
+        redis-cli -h "${node%:*}" -p "${node##*:}" --scan --pattern "$cluster_prefix:*" \
+            | sed 's/^/UNLINK "/; s/$/"/' | redis-cli -h "${node%:*}" -p "${node##*:}" >/dev/null
+    done
+}
 
-# wrk: prints "rps p50_ms p99_ms non2xx" for one run.
-run_wrk() { # url connections [script [delay ms]]
-    local url=$1 conns=$2 script=${3:-} pause=${4:-0}
-    local args=(-t"$threads" -c"$conns" -d"${seconds}s" --latency)
-    [ -n "$script" ] && args+=(-s "scripts/bench/$script.lua")
-    local threads_used=$threads
-    [ "$conns" -lt "$threads" ] && threads_used=$conns && args[0]=-t"$conns"
-    wrk "${args[@]}" "$url" -- "$sessions" "$manager" "$work/me-tokens" "$pause" > "$work/wrk.txt" 2>&1 || true
-    awk '
-        function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-        /Requests\/sec/ { rps = $2 }
-        /^ +50%/ { p50 = ms($2) }
-        /^ +99%/ { p99 = ms($2) }
-        /Non-2xx/ { bad = $NF }
-        END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, bad }' "$work/wrk.txt"
+# A fresh, empty store of this kind (name: the SQLite file's); prints its URL.
+fresh_store() { # store name
+    case $1 in
+        memory) echo "memory://" ;;
+        sqlite) rm -f "$work/$2.db" "$work/$2.db-wal" "$work/$2.db-shm"; echo "sqlite://$work/$2.db" ;;
+        postgres)
+            PGOPTIONS=--client-min-messages=warning psql "${postgres_url%/*}/postgres" -qc "DROP DATABASE IF EXISTS ${postgres_url##*/}" >/dev/null
+            psql "${postgres_url%/*}/postgres" -qc "CREATE DATABASE ${postgres_url##*/}" >/dev/null
+            echo "$postgres_url${BENCH_POSTGRES_OPTIONS:+?$BENCH_POSTGRES_OPTIONS}" ;;
+        redis)
+            redis-cli -u "$redis_url" flushdb >/dev/null
+            echo "$redis_url?prefix=bench" ;;
+        redis-cluster)
+            [ -n "$cluster_url" ] || { echo "redis-cluster needs BENCH_REDIS_CLUSTER_URL" >&2; return 2; }
+            clean_cluster
+            echo "$cluster_url?prefix=$cluster_prefix" ;;
+        *) echo "unknown store $1" >&2; return 2 ;;
+    esac
+}
+
+# Starts the service on a store; sets pid and base.
+start_service() { # store url
+    local port
+    port=$(free_port)
+    RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --store "$2" --jwt-secret "$secret" \
+        --anonymous-ttl 0 --max-connections 8192 2>"$work/$1.log" &
+    pid=$!
+    pids+=("$pid")
+    base="http://127.0.0.1:$port"
+    wait_http "$base/health/live"
+}
+stop_service() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+
+# memory:// lives inside the process: creates sessions PREFIX1..PREFIXcount through the API
+# (of a customer when one is given, with that customer's saas-token).
+seed_api() { # prefix count [customer]
+    local saas=""
+    [ -n "${3:-}" ] && saas=$("$bin" token --secret "$secret" --tenant bench --subject "$3" --ttl 2h)
+    python3 - "${base##*:}" "$manager" "$1" "$2" "$bytes" "${3:-}" "$saas" <<'PY'
+import http.client, json, sys
+port, token, prefix, count, size = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+customer, saas = sys.argv[6], sys.argv[7]
+conn = http.client.HTTPConnection("127.0.0.1", port)
+pad = {f"attribute{n}": "x" * 48 for n in range(max(0, (size - 250) // 64))}
+headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+if customer:
+    headers["saas-token"] = saas
+for i in range(1, count + 1):
+    session = {"siteCode": "main", "currency": "EUR", "context": pad, "metadata": {"version": 1}}
+    if customer:
+        session["customerId"] = customer
+    conn.request("PUT", f"/session-context/bench/context/{prefix}{i}?upsert=true", json.dumps(session), headers)
+    response = conn.getresponse()
+    response.read()
+    if response.status not in (200, 201):
+        sys.exit(f"seeding {prefix}{i}: HTTP {response.status}")
+PY
+}
+
+manager=$("$bin" token --secret "$secret" --tenant bench --scope session_context.context_manage --ttl 2h)
+results="$out/results.md"
+: > "$results"
+
+routes_part() {
+    # Storefront tokens for the first 200 seeded sessions.
+    for i in $(seq 1 200); do
+        "$bin" token --secret "$secret" --tenant bench --session-id "bench-$i" --ttl 2h
+    done > "$work/me-tokens"
+
+    # wrk: prints "rps p50_ms p99_ms non2xx" for one run.
+    run_wrk() { # url connections [script [delay ms]]
+        local url=$1 conns=$2 script=${3:-} pause=${4:-0}
+        local args=(-t"$threads" -c"$conns" -d"${seconds}s" --latency)
+        [ -n "$script" ] && args+=(-s "scripts/bench/$script.lua")
+        [ "$conns" -lt "$threads" ] && args[0]=-t"$conns"
+        wrk "${args[@]}" "$url" -- "$sessions" "$manager" "$work/me-tokens" "$pause" > "$work/wrk.txt" 2>&1 || true
+        awk '
+            function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+            /Requests\/sec/ { rps = $2 }
+            /^ +50%/ { p50 = ms($2) }
+            /^ +99%/ { p99 = ms($2) }
+            /Non-2xx/ { bad = $NF }
+            END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, bad }' "$work/wrk.txt"
 }
 
 # nginx serving one seeded session's JSON as a static file.
@@ -79,52 +188,21 @@ http {
 }
 CONF
 
-results="$out/results.md"
 {
     echo "| store | route | connections | req/s | p50 ms | p99 ms | vs /health/live | vs nginx | non-2xx |"
     echo "|---|---|---|---|---|---|---|---|---|"
-} > "$results"
+} >> "$results"
 
 declare -A nginx_rps
 nginx_started=no
 
 for store in $stores; do
-    case $store in
-        memory) url="memory://" ;;
-        sqlite) url="sqlite://$work/bench.db" ;;
-        postgres)
-            psql "${postgres_url%/*}/postgres" -qc "DROP DATABASE IF EXISTS ${postgres_url##*/}" >/dev/null
-            psql "${postgres_url%/*}/postgres" -qc "CREATE DATABASE ${postgres_url##*/}" >/dev/null
-            url="$postgres_url${BENCH_POSTGRES_OPTIONS:+?$BENCH_POSTGRES_OPTIONS}" ;;
-        redis)
-            redis-cli -u "$redis_url" flushdb >/dev/null
-            url="$redis_url?prefix=bench" ;;
-        *) echo "unknown store $store" >&2; exit 2 ;;
-    esac
-    port=$(free_port)
+    url=$(fresh_store "$store" bench)
     if [ "$store" != memory ]; then
         "$bin" seed --store "$url" --tenant bench --count "$sessions" --bytes "$bytes" >/dev/null
     fi
-    RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --store "$url" --jwt-secret "$secret" \
-        --anonymous-ttl 0 --max-connections 8192 2>"$work/$store.log" &
-    pid=$!
-    pids+=("$pid")
-    base="http://127.0.0.1:$port"
-    wait_http "$base/health/live"
-    if [ "$store" = memory ]; then
-        # memory:// lives inside the process: create the sessions through the API.
-        python3 - "$port" "$manager" "$sessions" "$bytes" <<'PY'
-import http.client, json, sys
-port, token, count, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-conn = http.client.HTTPConnection("127.0.0.1", port)
-pad = {f"attribute{n}": "x" * 48 for n in range(max(0, (size - 250) // 64))}
-for i in range(1, count + 1):
-    body = json.dumps({"siteCode": "main", "currency": "EUR", "context": pad, "metadata": {"version": 1}})
-    conn.request("PUT", f"/session-context/bench/context/bench-{i}?upsert=true", body,
-                 {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    conn.getresponse().read()
-PY
-    fi
+    start_service "$store" "$url"
+    [ "$store" = memory ] && seed_api bench- "$sessions"
     if [ "$nginx_started" = no ]; then
         curl -sf "$base/session-context/bench/context/bench-1" -H "Authorization: Bearer $manager" \
             > "$work/nginx/root/session.json"
@@ -157,8 +235,124 @@ PY
     echo "| $store | get at ~half of $best_get req/s (256 conns, ${pause} ms pauses) | 256 | $rps | $p50 | $p99 | | | $bad |" >> "$results"
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     echo "- $store: resident memory of the service after the run: $((rss / 1024)) MiB ($sessions sessions)" >> "$work/rss.txt"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop_service
 done
 
 { echo; cat "$work/rss.txt"; } >> "$results"
+}
+
+# One request with curl: prints "status ms listed total" (listed: sessions in a JSON array
+# answer; total: X-Total-Count, "-" when absent). The body is left in $work/body.
+request() { # method path
+    local status elapsed listed total
+    read -r status elapsed < <(curl -s -X "$1" -o "$work/body" -D "$work/headers" \
+        -w '%{http_code} %{time_total}\n' -H "Authorization: Bearer $manager" "$base/session-context/bench/$2")
+    listed=$(awk -F'"sessionId"' '{ n += NF - 1 } END { print n + 0 }' "$work/body")
+    total=$(awk 'tolower($1) == "x-total-count:" { gsub(/\r/, "", $2); print $2 }' "$work/headers")
+    echo "$status $(awk -v s="$elapsed" 'BEGIN { printf "%.1f", s * 1000 }') $listed ${total:--}"
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+memory_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; } # pid VmRSS|VmHWM
+
+customer_part() {
+    local pages=$(( (customer_sessions + 999) / 1000 ))
+    local last_page=$(( (customer_sessions + 59) / 60 ))
+    [ "$deep_page" -gt "$last_page" ] && deep_page=$last_page
+    {
+        echo
+        echo "A customer's sessions: $customer_sessions of one customer, $sessions anonymous and 100 of another customer, about $bytes bytes each."
+        echo "List times are the median of $repeat requests (curl's time_total); the walk is pages 1 to $pages at pageSize=1000, one after another."
+        echo
+        echo "| store | list page 1 (60) ms | list page $deep_page (60) ms | walk $pages × 1000 ms | walked / X-Total-Count | RSS before → after walk MiB | peak RSS MiB | delete all ms | deleted | µs per session deleted | afterwards listed / X-Total-Count | delete one ms | all ÷ one | checks |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    } >> "$results"
+    local store url q="contexts?q=customerId:$customer"
+    for store in $stores; do
+        url=$(fresh_store "$store" customer)
+        local seed_start=$SECONDS
+        if [ "$store" != memory ]; then
+            "$bin" seed --store "$url" --tenant bench --count "$sessions" --bytes "$bytes" >/dev/null
+            "$bin" seed --store "$url" --tenant bench --count 100 --prefix other- --bytes "$bytes" --customer "$other_customer" >/dev/null
+            "$bin" seed --store "$url" --tenant bench --count "$customer_sessions" --prefix cust- --bytes "$bytes" --customer "$customer" >/dev/null
+        fi
+        start_service "$store-customer" "$url"
+        if [ "$store" = memory ]; then
+            seed_api bench- "$sessions"
+            seed_api other- 100 "$other_customer"
+            seed_api cust- "$customer_sessions" "$customer"
+        fi
+        echo "$store: seeded in $((SECONDS - seed_start)) s" >&2
+        local checks=() status ms listed total times
+        local rss_before rss_after hwm walk_ms=0 walked=0 walk_total=-
+        rss_before=$(memory_kib "$pid" VmRSS)
+
+        # (a) page 1 and a deep page.
+        times=()
+        for _ in $(seq 1 "$repeat"); do
+            read -r status ms listed total < <(request GET "$q&pageSize=60")
+            times+=("$ms")
+            [ "$status $listed $total" = "200 $(( customer_sessions < 60 ? customer_sessions : 60 )) $customer_sessions" ] \
+                || checks+=("page 1: $status, $listed listed, total $total")
+        done
+        local page1
+        page1=$(printf '%s\n' "${times[@]}" | median)
+        local deep_expected=$(( customer_sessions - (deep_page - 1) * 60 ))
+        [ "$deep_expected" -gt 60 ] && deep_expected=60
+        times=()
+        for _ in $(seq 1 "$repeat"); do
+            read -r status ms listed total < <(request GET "$q&pageSize=60&pageNumber=$deep_page")
+            times+=("$ms")
+            [ "$status $listed $total" = "200 $deep_expected $customer_sessions" ] \
+                || checks+=("page $deep_page: $status, $listed listed, total $total")
+        done
+        local deep
+        deep=$(printf '%s\n' "${times[@]}" | median)
+
+        # Every page at pageSize=1000.
+        for page in $(seq 1 "$pages"); do
+            read -r status ms listed total < <(request GET "$q&pageSize=1000&pageNumber=$page")
+            [ "$status" = 200 ] || checks+=("walk page $page: $status")
+            walk_ms=$(awk -v a="$walk_ms" -v b="$ms" 'BEGIN { printf "%.1f", a + b }')
+            walked=$(( walked + listed ))
+            walk_total=$total
+        done
+        [ "$walked $walk_total" = "$customer_sessions $customer_sessions" ] || checks+=("walk: $walked listed, total $walk_total")
+        # (b) memory: resident now, and the peak since the service started.
+        rss_after=$(memory_kib "$pid" VmRSS)
+        hwm=$(memory_kib "$pid" VmHWM)
+
+        # (c) one session (an anonymous one: no saas-token needed), then all of the customer's.
+        times=()
+        for i in $(seq 1 "$repeat"); do
+            read -r status ms _ _ < <(request DELETE "context/bench-$i")
+            times+=("$ms")
+            [ "$status" = 204 ] || checks+=("delete bench-$i: $status")
+        done
+        local one
+        one=$(printf '%s\n' "${times[@]}" | median)
+        local all deleted
+        read -r status all _ _ < <(request DELETE "$q")
+        deleted=$(sed -n 's/.*"deleted": *\([0-9]*\).*/\1/p' "$work/body")
+        [ "$status ${deleted:-}" = "200 $customer_sessions" ] || checks+=("delete all: $status, deleted ${deleted:-?}")
+        local after_listed after_total
+        read -r status _ after_listed after_total < <(request GET "$q")
+        [ "$status $after_listed $after_total" = "200 0 0" ] || checks+=("list afterwards: $status, $after_listed listed, total $after_total")
+        read -r status _ listed total < <(request GET "contexts?q=customerId:$other_customer&pageSize=1000")
+        [ "$status $listed $total" = "200 100 100" ] || checks+=("other customer afterwards: $status, $listed listed, total $total")
+
+        local ratio
+        ratio=$(awk -v a="$all" -v b="$one" 'BEGIN { printf "%.1f", (b > 0 ? a / b : 0) }')
+        local per_session
+        per_session=$(awk -v a="$all" -v n="${deleted:-0}" 'BEGIN { printf "%.1f", (n > 0 ? a * 1000 / n : 0) }')
+        local verdict=ok
+        [ "${#checks[@]}" -eq 0 ] || verdict=$(IFS=';'; echo "${checks[*]}")
+        echo "| $store | $page1 | $deep | $walk_ms | $walked / $walk_total | $(mib "$rss_before") → $(mib "$rss_after") | $(mib "$hwm") | $all | ${deleted:-?} | $per_session | $after_listed / $after_total | $one | $ratio | $verdict |" >> "$results"
+        stop_service
+        if [ "$store" = redis-cluster ]; then clean_cluster; fi
+    done
+}
+
+if has_part routes; then routes_part; fi
+if has_part customer; then customer_part; fi
 cat "$results"
