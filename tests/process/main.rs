@@ -4,6 +4,9 @@
 //! - `binary`: start, SIGTERM, SIGKILL under load, the command line, the SQLite file taken away
 //!   or the disk full, Redis with writes paused; `binary::cors`: a storefront in headless Chromium;
 //! - `attacks`: slow headers, the connection cap, unfinished bodies, memory under hostile clients;
+//! - `customers`: a customer's sessions (11 to 14): a delete by customer cut short by SIGKILL
+//!   and retried, two instances creating and deleting on one store, lists under deletes and
+//!   creations, and the 403s, 400s, paging and tenants of the endpoints;
 //! - `policy`: a --config file and the environment, a shopper growing a session, a bad file;
 //! - `scale_out`: several processes on one shared store, the store taken away and brought back;
 //! - `cluster_outage`: every Redis Cluster node paused under a running service;
@@ -18,6 +21,7 @@ mod common;
 mod attacks;
 mod binary;
 mod cluster_outage;
+mod customers;
 mod policy;
 mod postgres_tls;
 mod redis_tls;
