@@ -442,7 +442,11 @@ where
     }
 
     /// The list: walks the whole index in batches (checking each entry: the total counts only
-    /// the customer's live sessions) and loads the sessions of the page.
+    /// the customer's live sessions) and loads the sessions of the page. The walk goes by
+    /// position in the index's order, (score, member), not by rank: entries added in front of
+    /// it (newer sessions) or removed behind it (by a delete or another list) while it walks
+    /// would shift ranks and make a rank-based walk read an entry twice or skip one. An entry
+    /// is counted at most once per list even if its score moves during the walk.
     pub(super) async fn list(
         &self,
         customer: &CustomerKey,
@@ -450,29 +454,30 @@ where
         now: Millis,
     ) -> Result<CustomerSessions, StoreError> {
         let [index, _] = self.index_keys(customer);
-        let (mut start, mut total, mut wanted) = (0usize, 0u64, Vec::new());
+        let (mut total, mut wanted) = (0u64, Vec::new());
+        let mut counted = std::collections::HashSet::new();
+        let mut after: Option<(i64, String)> = None;
         loop {
-            let flat: Vec<(String, f64)> = redis::cmd("ZRANGE")
-                .arg(&index)
-                .arg(start)
-                .arg(start + BATCH - 1)
-                .arg("WITHSCORES")
-                .query_async(&mut self.reads.clone())
-                .await
-                .map_err(from_redis)?;
-            let entries: Vec<(String, Option<f64>)> = flat.into_iter().map(|(id, s)| (id, Some(s))).collect();
-            let valid = self.check(customer, &entries, now).await?;
-            for ((id, _), valid) in entries.iter().zip(&valid) {
-                if *valid {
+            let (entries, more) = self.entries_after(&index, after.as_ref()).await?;
+            let Some((last_id, last_score)) = entries.last().map(|(id, s)| (id.clone(), *s)) else {
+                break;
+            };
+            let candidates: Vec<(String, Option<f64>)> = entries
+                .into_iter()
+                .filter(|(id, _)| !counted.contains(id))
+                .map(|(id, s)| (id, Some(s)))
+                .collect();
+            let valid = self.check(customer, &candidates, now).await?;
+            for ((id, _), valid) in candidates.into_iter().zip(valid) {
+                if valid && counted.insert(id.clone()) {
                     if total >= page.offset && total - page.offset < page.limit {
-                        wanted.push(id.clone());
+                        wanted.push(id);
                     }
                     total += 1;
                 }
             }
-            // Dropped entries shift the ranks after them down: go on after what stays.
-            start += entries.len() - self.count_gone(&index, &entries).await?;
-            if entries.len() < BATCH {
+            after = Some((last_score as i64, last_id));
+            if !more {
                 break;
             }
         }
@@ -489,19 +494,48 @@ where
         Ok(CustomerSessions { sessions, total })
     }
 
-    /// How many of `entries` are no longer in `index`.
-    async fn count_gone(&self, index: &str, entries: &[(String, Option<f64>)]) -> Result<usize, StoreError> {
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<&String> = entries.iter().map(|(id, _)| id).collect();
-        let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
-            .arg(index)
-            .arg(ids)
-            .query_async(&mut self.reads.clone())
-            .await
-            .map_err(from_redis)?;
-        Ok(scores.iter().filter(|s| s.is_none()).count())
+    /// The next entries of `index` after `after` (a score and a member) in the index's order,
+    /// about a batch of them, and whether there may be more: the rest of `after`'s score (equal
+    /// scores go by member; such ties are rare, the scores being milliseconds), then a batch
+    /// of greater scores.
+    async fn entries_after(
+        &self,
+        index: &str,
+        after: Option<&(i64, String)>,
+    ) -> Result<(Vec<(String, f64)>, bool), StoreError> {
+        let range = |from: String| {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(index)
+                .arg(from)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(BATCH)
+                .arg("WITHSCORES");
+            cmd
+        };
+        let mut entries: Vec<(String, f64)> = Vec::new();
+        let next = match after {
+            None => range("-inf".into()),
+            Some((score, member)) => {
+                let ties: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(index)
+                    .arg(*score)
+                    .arg(*score)
+                    .arg("BYSCORE")
+                    .arg("WITHSCORES")
+                    .query_async(&mut self.reads.clone())
+                    .await
+                    .map_err(from_redis)?;
+                entries.extend(ties.into_iter().filter(|(id, _)| id.as_str() > member.as_str()));
+                range(format!("({score}"))
+            }
+        };
+        let batch: Vec<(String, f64)> = next.query_async(&mut self.reads.clone()).await.map_err(from_redis)?;
+        let more = batch.len() >= BATCH;
+        entries.extend(batch);
+        Ok((entries, more))
     }
 
     /// The delete: walks the index with `ZSCAN` (which returns every entry present from the
