@@ -6,6 +6,8 @@
 //! - `attacks`: slow headers, the connection cap, unfinished bodies, memory under hostile clients;
 //! - `policy`: a --config file and the environment, a shopper growing a session, a bad file;
 //! - `scale_out`: several processes on one shared store, the store taken away and brought back;
+//! - `events`: signed webhooks to receivers the tests run, on every store: each change's event,
+//!   expiry, a receiver failing, down or hanging, SIGKILL under load, two instances, memory;
 //! - `cluster_outage`: every Redis Cluster node paused under a running service;
 //! - `postgres_tls`, `redis_tls`: the stores over TLS with a private certificate authority.
 //!
@@ -18,6 +20,7 @@ mod common;
 mod attacks;
 mod binary;
 mod cluster_outage;
+mod events;
 mod policy;
 mod postgres_tls;
 mod redis_tls;
