@@ -522,6 +522,43 @@ async fn each_change_is_one_signed_event(backend: Backend) {
     assert_eq!(api.get(&life).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api.delete(&other).await, StatusCode::NOT_FOUND);
 
+    // A customer signs out their other sessions (14): deleted for each, nothing for the kept one.
+    let (kept, ended, shopper) = (unique_name("kept-"), unique_name("ended-"), unique_name("c"));
+    for id in [&kept, &ended] {
+        let created = api
+            .put(id, "?upsert=true", json!({"customerId": shopper}), Some(&shopper))
+            .await;
+        assert_eq!(created, StatusCode::CREATED);
+        expected.push(Expected::new(
+            id,
+            "created",
+            1,
+            Some(&shopper),
+            Some(api.snapshot(id).await),
+        ));
+    }
+    let signed_out = api
+        .client
+        .delete(format!(
+            "{}/session-context/{TENANT}/me/contexts?keepCurrent=true",
+            api.base
+        ))
+        .bearer_auth(customer_token(&kept, &shopper));
+    let (status, deleted) = Api::answer(signed_out).await;
+    assert_eq!((status, &deleted), (StatusCode::OK, &json!({"deleted": 1})));
+    expected.push(Expected::new(&ended, "deleted", 1, Some(&shopper), None));
+    assert_eq!(
+        api.add_attribute(&kept, "after", json!(1)).await,
+        StatusCode::NO_CONTENT
+    );
+    expected.push(Expected::new(
+        &kept,
+        "updated",
+        2,
+        Some(&shopper),
+        Some(api.snapshot(&kept).await),
+    ));
+
     // Deleted, then created again: the deleted before the new created, each its own id.
     api.create(&again, json!({})).await;
     expected.push(Expected::new(
@@ -544,18 +581,21 @@ async fn each_change_is_one_signed_event(backend: Backend) {
 
     // Each session's last expected event is a change made after every refused write and read
     // of it, and a URL gets a session's events in order: once they are in, nothing else is due.
-    let lasts: Vec<(String, u64, String)> = [&life, &other, &again]
-        .into_iter()
+    let mut sessions: Vec<&String> = Vec::new();
+    for wanted in &expected {
+        if !sessions.contains(&&wanted.session) {
+            sessions.push(&wanted.session);
+        }
+    }
+    let lasts: Vec<(String, u64, String)> = sessions
+        .iter()
         .map(|id| {
-            let last = expected.iter().rev().find(|e| &e.session == id).unwrap();
+            let last = expected.iter().rev().find(|e| &e.session == *id).unwrap();
             (last.session.clone(), last.version, last.kind.to_owned())
         })
         .collect();
     let count_of = |id: &str| expected.iter().filter(|e| e.session == id).count();
-    let counts: Vec<(String, usize)> = [&life, &other, &again]
-        .into_iter()
-        .map(|id| (id.clone(), count_of(id)))
-        .collect();
+    let counts: Vec<(String, usize)> = sessions.iter().map(|id| ((*id).clone(), count_of(id))).collect();
     receiver
         .wait_for(Duration::from_secs(10), "every change's event", |log| {
             counts.iter().all(|(id, n)| {
@@ -569,7 +609,7 @@ async fn each_change_is_one_signed_event(backend: Backend) {
         assert!(delivery.accepted());
         assert_eq!(event.tenant, TENANT);
     }
-    for id in [&life, &other, &again] {
+    for &id in &sessions {
         let got: Vec<&Event> = log.iter().map(|(_, e)| e).filter(|e| &e.session_id == id).collect();
         let wanted: Vec<&Expected> = expected.iter().filter(|e| &e.session == id).collect();
         let summary = |kind: &str, version: u64, customer: Option<&str>| format!("{kind} v{version} {customer:?}");
@@ -672,6 +712,13 @@ async fn expiry_is_told_within_two_sweeps(backend: Backend) {
     );
     let (_, expired) = log.iter().find(|(_, e)| e.kind == "expired").unwrap();
     assert_eq!((&expired.customer_id, &expired.session), (&None, &None));
+    let (_, updated) = log.iter().find(|(_, e)| e.kind == "updated").unwrap();
+    assert!(
+        expired.time > updated.time,
+        "an expiry is told at the session's expiry ({}), after its last change ({})",
+        expired.time,
+        updated.time
+    );
     assert_eq!(api.get(&fleeting).await.0, StatusCode::NOT_FOUND);
     assert_eq!(of(&kept), [("created".into(), 1)], "a customer session does not expire");
     assert_one_id_per_change(&log);
