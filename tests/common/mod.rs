@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod proxy;
+pub mod receiver;
 pub mod redis_server;
 pub mod server;
 

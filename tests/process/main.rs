@@ -9,6 +9,8 @@
 //!   creations, and the 403s, 400s, paging and tenants of the endpoints;
 //! - `policy`: a --config file and the environment, a shopper growing a session, a bad file;
 //! - `scale_out`: several processes on one shared store, the store taken away and brought back;
+//! - `events`: signed webhooks to receivers the tests run, on every store: each change's event,
+//!   expiry, a receiver failing, down or hanging, SIGKILL under load, two instances, memory;
 //! - `cluster_outage`: every Redis Cluster node paused under a running service;
 //! - `postgres_tls`, `redis_tls`: the stores over TLS with a private certificate authority.
 //!
@@ -22,6 +24,7 @@ mod attacks;
 mod binary;
 mod cluster_outage;
 mod customers;
+mod events;
 mod policy;
 mod postgres_tls;
 mod redis_tls;
