@@ -29,10 +29,14 @@ use crate::clock::{Clock, Millis, format_rfc3339_millis};
 use crate::store::SessionStore;
 use crate::store::outbox::{PendingEvent, Settlement};
 
-/// Most deliveries in flight at once, per instance.
-const MAX_IN_FLIGHT: usize = 256;
-/// How long a claim holds an entry: longer than any delivery may take.
-const LEASE: Millis = 60_000;
+/// Most deliveries in flight at once to one destination, per instance: a destination that
+/// hangs holds at most this many, and the others keep theirs.
+const MAX_IN_FLIGHT_PER_DESTINATION: usize = 64;
+/// How long a claim holds an entry: longer than any delivery may take (and what an instance
+/// killed with claims in hand delays their redelivery by).
+const LEASE: Millis = 20_000;
+/// When an entry claimed for a destination that has no room is offered again.
+const RELEASE_DELAY: Millis = 1_000;
 /// Longest one delivery may take before it counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often to look for due events when the last look found none.
@@ -150,6 +154,15 @@ pub fn backoff(attempts: u32, max: Duration, jitter: f64) -> Millis {
     jittered.min(max).max(1)
 }
 
+/// Counts a finished delivery off its destination's in-flight deliveries.
+fn settled(busy: &mut [usize], done: Result<u16, tokio::task::JoinError>) {
+    if let Ok(destination) = done
+        && let Some(b) = busy.get_mut(usize::from(destination))
+    {
+        *b = b.saturating_sub(1);
+    }
+}
+
 /// Delivers the outbox's events until told to stop.
 pub struct Dispatcher {
     store: Arc<dyn SessionStore>,
@@ -191,7 +204,9 @@ impl Dispatcher {
     /// run out and another dispatcher (or this one after a restart) delivers them again.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let mut in_flight: JoinSet<()> = JoinSet::new();
+        // Deliveries in flight, each answering with its destination; and how many per destination.
+        let mut in_flight: JoinSet<u16> = JoinSet::new();
+        let mut busy = vec![0usize; this.settings.urls.len()];
         let mut claims = 0u64;
         let mut last_stats = tokio::time::Instant::now() - STATS_EVERY;
         loop {
@@ -202,7 +217,7 @@ impl Dispatcher {
                 this.sample_stats().await;
                 last_stats = tokio::time::Instant::now();
             }
-            let room = MAX_IN_FLIGHT - in_flight.len();
+            let room: usize = busy.iter().map(|b| MAX_IN_FLIGHT_PER_DESTINATION - b).sum();
             let mut found = 0;
             if room > 0 {
                 claims += 1;
@@ -211,21 +226,48 @@ impl Dispatcher {
                     Ok(claimed) => {
                         found = claimed.len();
                         for pending in claimed {
+                            let destination = pending.destination;
+                            match busy.get_mut(usize::from(destination)) {
+                                // A destination without room (one that hangs, say) does not
+                                // take the others' turn: its entry is offered again shortly.
+                                Some(b) if *b >= MAX_IN_FLIGHT_PER_DESTINATION => {
+                                    this.release(&pending).await;
+                                    continue;
+                                }
+                                Some(b) => *b += 1,
+                                None => {} // no longer configured: dropped at once
+                            }
                             let this = Arc::clone(&this);
-                            in_flight.spawn(async move { this.deliver_and_settle(pending).await });
+                            in_flight.spawn(async move {
+                                this.deliver_and_settle(pending).await;
+                                destination
+                            });
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "claiming events failed"),
                 }
             }
-            while in_flight.try_join_next().is_some() {}
-            if found == 0 {
+            while let Some(done) = in_flight.try_join_next() {
+                settled(&mut busy, done);
+            }
+            if found == 0 || room == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(IDLE_POLL) => {}
-                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    Some(done) = in_flight.join_next(), if !in_flight.is_empty() => settled(&mut busy, done),
                     _ = stop.changed() => {}
                 }
             }
+        }
+    }
+
+    /// Gives a claimed entry back, to be offered again shortly (its attempt count grows by
+    /// one, which only lengthens a later backoff of an entry whose destination is slow anyway).
+    async fn release(&self, pending: &PendingEvent) {
+        let again = Settlement::Retry {
+            next_attempt_at: self.clock.now() + RELEASE_DELAY,
+        };
+        if let Err(e) = self.store.settle_event(&pending.entry, &again).await {
+            tracing::debug!(error = %e, "giving back an event failed; its claim runs out instead");
         }
     }
 
