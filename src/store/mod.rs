@@ -99,7 +99,7 @@ pub const SQL_COLUMNS: &str = "version, generation, expires_at, doc, customer_id
 /// doc, event_time, attempts, recorded_at.
 type SqlOutboxRow = (
     i64,
-    i64,
+    i32,
     String,
     String,
     String,
@@ -108,7 +108,7 @@ type SqlOutboxRow = (
     Option<String>,
     Option<String>,
     Millis,
-    i64,
+    i32,
     Millis,
 );
 
@@ -132,7 +132,7 @@ fn pending_from_sql(row: SqlOutboxRow) -> Result<outbox::PendingEvent, StoreErro
             session,
             time,
         },
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        attempts: u32::try_from(attempts).unwrap_or(0),
         recorded_at,
     })
 }
