@@ -1,9 +1,10 @@
 -- The outbox (see "The outbox" in docs/ARCHITECTURE.md): one row per event and destination,
 -- written by the same statement as the change it tells of. `seq` is the order of the changes
 -- (of one session, always: its changes are serialized by the session's row, and each takes its
--- number while holding it); an identity never hands out a number twice. The claim finds the
--- oldest row of each (destination, session) through `outbox_session`, due rows through
--- `outbox_due`. Event ids drawn in SQL use gen_random_uuid() (built in since PostgreSQL 13).
+-- number while holding it); an identity never hands out a number twice. The claim walks due
+-- rows in `outbox_due` order and keeps the oldest row of each (destination, session), found
+-- through `outbox_session`. Event ids drawn in SQL use gen_random_uuid() (built in since
+-- PostgreSQL 13).
 CREATE TABLE IF NOT EXISTS outbox (
     seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     destination     integer NOT NULL,
@@ -23,4 +24,4 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 
 CREATE INDEX IF NOT EXISTS outbox_session ON outbox (destination, tenant, session_id, seq);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at, seq);

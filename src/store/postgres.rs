@@ -104,7 +104,11 @@ impl PostgresStore {
                    RETURNING version, customer_id, doc)
                  INSERT INTO outbox (destination, tenant, session_id, event_id, kind, version, customer_id,
                      doc, event_time, recorded_at, next_attempt_at)
-                 SELECT d, $1, $2, $12, 'updated', c.version, c.customer_id, c.doc, $8, $8, $8
+                 SELECT d, $1, $2, $12, 'updated', c.version, c.customer_id, c.doc, $8, $8,
+                   GREATEST($8, (
+                     SELECT w.next_attempt_at FROM outbox AS w
+                     WHERE w.destination = d AND w.tenant = $1 AND w.session_id = $2
+                     ORDER BY w.seq LIMIT 1))
                  FROM changed AS c CROSS JOIN generate_series(0, $13 - 1) AS d",
             )
             .bind(&key.tenant)
@@ -149,7 +153,11 @@ impl PostgresStore {
                    WHERE EXISTS (SELECT FROM replaced) OR EXISTS (SELECT FROM inserted))
                  INSERT INTO outbox (destination, tenant, session_id, event_id, kind, version, customer_id,
                      doc, event_time, recorded_at, next_attempt_at)
-                 SELECT d, $1, $2, h.event_id, h.kind, h.version, h.customer_id, h.doc, h.event_time, $7, $7
+                 SELECT d, $1, $2, h.event_id, h.kind, h.version, h.customer_id, h.doc, h.event_time, $7,
+                   GREATEST($7, (
+                     SELECT w.next_attempt_at FROM outbox AS w
+                     WHERE w.destination = d AND w.tenant = $1 AND w.session_id = $2
+                     ORDER BY w.seq LIMIT 1))
                  FROM happened AS h CROSS JOIN generate_series(0, $12 - 1) AS d
                  ORDER BY h.ord, d",
             )
@@ -188,7 +196,11 @@ impl PostgresStore {
                        INSERT INTO outbox (destination, tenant, session_id, event_id, kind, version,
                            customer_id, event_time, recorded_at, next_attempt_at)
                        SELECT d, e.tenant, e.session_id, e.event_id, 'expired', e.version, e.customer_id,
-                              COALESCE(e.expires_at, $1), $1, $1
+                              COALESCE(e.expires_at, $1), $1,
+                              GREATEST($1, (
+                                SELECT w.next_attempt_at FROM outbox AS w
+                                WHERE w.destination = d AND w.tenant = e.tenant AND w.session_id = e.session_id
+                                ORDER BY w.seq LIMIT 1))
                        FROM ended AS e CROSS JOIN generate_series(0, $3 - 1) AS d)
                      SELECT count(*) FROM gone",
                 )
@@ -294,7 +306,11 @@ impl SessionStore for PostgresStore {
                    RETURNING version, customer_id)
                  INSERT INTO outbox (destination, tenant, session_id, event_id, kind, version, customer_id,
                      event_time, recorded_at, next_attempt_at)
-                 SELECT d, $1, $2, $6, 'deleted', g.version, g.customer_id, $5, $5, $5
+                 SELECT d, $1, $2, $6, 'deleted', g.version, g.customer_id, $5, $5,
+                   GREATEST($5, (
+                     SELECT w.next_attempt_at FROM outbox AS w
+                     WHERE w.destination = d AND w.tenant = $1 AND w.session_id = $2
+                     ORDER BY w.seq LIMIT 1))
                  FROM gone AS g CROSS JOIN generate_series(0, $7 - 1) AS d",
             )
         };
@@ -429,7 +445,11 @@ impl SessionStore for PostgresStore {
                  recorded AS (
                    INSERT INTO outbox (destination, tenant, session_id, event_id, kind, version, customer_id,
                        event_time, recorded_at, next_attempt_at)
-                   SELECT d, $1, e.session_id, e.event_id, e.kind, e.version, e.customer_id, e.event_time, $4, $4
+                   SELECT d, $1, e.session_id, e.event_id, e.kind, e.version, e.customer_id, e.event_time, $4,
+                     GREATEST($4, (
+                       SELECT w.next_attempt_at FROM outbox AS w
+                       WHERE w.destination = d AND w.tenant = $1 AND w.session_id = e.session_id
+                       ORDER BY w.seq LIMIT 1))
                    FROM ended AS e CROSS JOIN generate_series(0, $5 - 1) AS d)
                  SELECT session_id, version, generation, expires_at FROM gone",
             )
@@ -482,8 +502,11 @@ impl SessionStore for PostgresStore {
     }
 
     /// One statement: the candidates (the oldest row of each destination and session, due,
-    /// not held by another owner's running claim), locked `FOR UPDATE SKIP LOCKED` in `seq`
-    /// order up to the limit, then marked as this owner's. A row another instance is claiming
+    /// not held by another owner's running claim), locked `FOR UPDATE SKIP LOCKED` up to the
+    /// limit, the longest due first, then marked as this owner's. The walk follows `outbox_due`
+    /// and stops at the limit: the rows behind a session's oldest one are not due before it
+    /// (they are recorded, and moved on a retry, with its next attempt), so a backlog behind a
+    /// receiver that is down is not walked at every claim. A row another instance is claiming
     /// at the same moment is locked, hence skipped; one it claimed just before is rechecked
     /// after its commit (`READ COMMITTED`) and no longer qualifies. The "oldest" test sees
     /// older rows whether locked or not, so a session whose oldest row is being claimed
@@ -506,11 +529,11 @@ impl SessionStore for PostgresStore {
                            SELECT FROM outbox AS older
                            WHERE older.destination = c.destination AND older.tenant = c.tenant
                              AND older.session_id = c.session_id AND older.seq < c.seq)
-                       ORDER BY c.seq
+                       ORDER BY c.next_attempt_at, c.seq
                        LIMIT $4
                        FOR UPDATE OF c SKIP LOCKED)
                      UPDATE outbox SET claim_owner = $1, claimed_until = $2
-                     FROM picked WHERE seq = picked_seq
+                     WHERE seq = ANY (ARRAY (SELECT picked_seq FROM picked))
                      RETURNING {SQL_OUTBOX_COLUMNS}"
                 )))
                 .bind(owner)
@@ -528,10 +551,13 @@ impl SessionStore for PostgresStore {
         let seq = sql_entry(entry)?;
         let query = match settlement {
             Settlement::Done => sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq),
+            // The rows behind it wait with it (see `claim_events`): they were never claimed.
             Settlement::Retry { next_attempt_at } => sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, claim_owner = NULL,
-                   claimed_until = NULL
-                 WHERE seq = $1",
+                "UPDATE outbox AS o SET attempts = o.attempts + CASE WHEN o.seq = $1 THEN 1 ELSE 0 END,
+                   next_attempt_at = $2, claim_owner = NULL, claimed_until = NULL
+                 FROM outbox AS h
+                 WHERE h.seq = $1 AND o.destination = h.destination AND o.tenant = h.tenant
+                   AND o.session_id = h.session_id AND o.seq >= $1",
             )
             .bind(seq)
             .bind(*next_attempt_at),

@@ -118,8 +118,8 @@ const MIGRATIONS: &[&str] = &[
     // The outbox (see "The outbox" in docs/ARCHITECTURE.md): one row per event and destination,
     // written in the transaction of the change it tells of. `seq` is the order of the changes;
     // AUTOINCREMENT so that a number is never used twice (a late settlement of an entry must not
-    // hit a newer one). The claim looks for the oldest row of each (destination, session)
-    // through `outbox_session`, and due rows through `outbox_due`.
+    // hit a newer one). The claim walks due rows in `outbox_due` order and keeps the oldest row
+    // of each (destination, session), found through `outbox_session`.
     "CREATE TABLE outbox (
         seq             INTEGER PRIMARY KEY AUTOINCREMENT,
         destination     INTEGER NOT NULL,
@@ -138,7 +138,7 @@ const MIGRATIONS: &[&str] = &[
         claimed_until   INTEGER
     );
     CREATE INDEX outbox_session ON outbox (destination, tenant, session_id, seq);
-    CREATE INDEX outbox_due ON outbox (next_attempt_at);",
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, seq);",
 ];
 
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
@@ -1128,10 +1128,13 @@ fn apply_counted(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
             seq,
             settlement: Settlement::Retry { next_attempt_at },
         } => conn
+            // The rows behind it wait with it (see `claim`): they were never claimed.
             .prepare_cached(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, claim_owner = NULL,
-                   claimed_until = NULL
-                 WHERE seq = ?1",
+                "UPDATE outbox SET attempts = attempts + (seq = ?1), next_attempt_at = ?2,
+                   claim_owner = NULL, claimed_until = NULL
+                 WHERE (destination, tenant, session_id) =
+                         (SELECT destination, tenant, session_id FROM outbox WHERE seq = ?1)
+                   AND seq >= ?1",
             )
             .and_then(|mut stmt| stmt.execute(params![seq, next_attempt_at])),
         Job::Retire | Job::DeleteCustomer { .. } | Job::Claim { .. } => Ok(0),
@@ -1140,8 +1143,10 @@ fn apply_counted(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
 
 /// Claims for `owner` until `until` up to `limit` entries due at `now`: of each (destination,
 /// session) only the oldest entry (the lowest `seq`), when it is due and not held by another
-/// owner's claim that still runs. One statement of the one writer, so nothing claims in
-/// between.
+/// owner's claim that still runs; the longest due first. One statement of the one writer, so
+/// nothing claims in between. It walks `outbox_due` and stops at the limit: the rows behind a
+/// session's oldest one are not due before it (they are recorded, and moved on a retry, with its
+/// next attempt), so a backlog behind a receiver that is down is not walked at every claim.
 fn claim(
     conn: &Connection,
     owner: &str,
@@ -1159,7 +1164,7 @@ fn claim(
                SELECT 1 FROM outbox AS older
                WHERE older.destination = c.destination AND older.tenant = c.tenant
                  AND older.session_id = c.session_id AND older.seq < c.seq)
-           ORDER BY c.seq LIMIT ?4)
+           ORDER BY c.next_attempt_at, c.seq LIMIT ?4)
          RETURNING {SQL_OUTBOX_COLUMNS}"
     ))?
     .query_map(params![owner, until, now, limit], |row| {
@@ -1182,7 +1187,8 @@ fn claim(
 }
 
 /// Records `event` of the session `key` in the outbox, once per destination `0..destinations`,
-/// as recorded (and first due) at `now`.
+/// as recorded at `now`; first due then, or, behind an older entry of the session that waits
+/// for a retry, with that entry (it cannot go before anyway).
 fn record_event(
     conn: &Connection,
     destinations: u16,
@@ -1193,7 +1199,9 @@ fn record_event(
     let mut stmt = conn.prepare_cached(
         "INSERT INTO outbox (destination, tenant, session_id, event_id, kind, version, customer_id, doc,
              event_time, recorded_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, max(?10, coalesce(
+           (SELECT next_attempt_at FROM outbox
+            WHERE destination = ?1 AND tenant = ?2 AND session_id = ?3 ORDER BY seq LIMIT 1), ?10)))",
     )?;
     for destination in 0..destinations {
         stmt.execute(params![

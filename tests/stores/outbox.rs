@@ -296,6 +296,55 @@ async fn claims_give_each_destination_a_sessions_events_in_order_to_one_owner(ba
     );
 }
 
+/// The entries behind one that waits for a retry (recorded before the failure or while it
+/// waits) go right after it, at its time, and other sessions do not wait for it.
+async fn entries_behind_a_retry_go_right_after_it(backend: Backend) {
+    let (store, _dir) = events_store(backend, 1).await;
+    store
+        .write(&key("s1"), Expect::Absent, &record(1, None, None), NOW)
+        .await
+        .unwrap();
+    store
+        .write(&key("s1"), current(1), &record(2, None, None), NOW)
+        .await
+        .unwrap();
+    let first = store.claim_events("a", 100, LEASE, NOW).await.unwrap();
+    assert_eq!(summary(&first), [(0, "s1".into(), EventKind::Created, 1)]);
+    let retry_at = NOW + 500;
+    store
+        .settle_event(
+            &first[0].entry,
+            &Settlement::Retry {
+                next_attempt_at: retry_at,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .write(&key("s1"), current(2), &record(3, None, None), NOW + 10)
+        .await
+        .unwrap();
+    store
+        .write(&key("s2"), Expect::Absent, &record(1, None, None), NOW + 10)
+        .await
+        .unwrap();
+    let meanwhile = store.claim_events("a", 100, LEASE, NOW + 10).await.unwrap();
+    assert_eq!(summary(&meanwhile), [(0, "s2".into(), EventKind::Created, 1)]);
+    store
+        .settle_event(&meanwhile[0].entry, &Settlement::Done)
+        .await
+        .unwrap();
+    let mut s1 = Vec::new();
+    for _ in 0..3 {
+        let claimed = store.claim_events("a", 100, LEASE, retry_at).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        store.settle_event(&claimed[0].entry, &Settlement::Done).await.unwrap();
+        s1.push((claimed[0].event.version, claimed[0].attempts));
+    }
+    assert_eq!(s1, [(1, 1), (2, 0), (3, 0)], "(version, attempts) of s1's events");
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+}
+
 /// Concurrent writers on one session: exactly one event per acknowledged change, versions in
 /// order without gaps, whatever interleaving the store saw.
 async fn concurrent_changes_each_record_exactly_one_event(backend: Backend) {
@@ -563,6 +612,7 @@ crate::on_every_backend!(
     claims_give_each_destination_a_sessions_events_in_order_to_one_owner,
     concurrent_changes_each_record_exactly_one_event,
     concurrent_lifecycles_record_a_consistent_history,
+    entries_behind_a_retry_go_right_after_it,
 );
 
 // Expiry here is the `now` the test passes: stores that expire records by themselves (Redis)
