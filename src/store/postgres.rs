@@ -9,6 +9,12 @@
 //! answers 503 instead of hanging. A customer's sessions are found through columns
 //! `customer_id` and `modified_at` and an index on them (migration `0003_customer_index.sql`):
 //! a page is one statement, a delete of them all one `DELETE ... RETURNING`.
+//!
+//! With events on (see "The outbox" in docs/ARCHITECTURE.md), each change is still one
+//! statement: its conditional `UPDATE`/`INSERT`/`DELETE` is a data-modifying CTE feeding the
+//! `INSERT` of its outbox rows, so both commit together or not at all. Instances claim due
+//! entries with `FOR UPDATE SKIP LOCKED`, only the oldest of each destination and session. With
+//! events off every change runs exactly the statement it ran before.
 
 use std::future::Future;
 use std::str::FromStr;

@@ -15,6 +15,13 @@
 //! `LIMIT`/`OFFSET` along the index), and a delete of them all is one `DELETE ... RETURNING`
 //! job of the writer thread, atomic like every other.
 //!
+//! **The outbox** (with events on; see "The outbox" in docs/ARCHITECTURE.md): a job that changes
+//! a session also writes the change's entries into table `outbox`, right after its conditional
+//! statement and only when that statement changed a row, so they commit (or roll back) with the
+//! change in the group's transaction. Claims and settlements are jobs of the writer too: one
+//! writer, so two claims never take the same entry. With events off the jobs run exactly the
+//! statements they ran before.
+//!
 //! **The file under the service.** SQLite keeps writing to the file it opened even after that
 //! file was deleted, or another one renamed over its path: the writes succeed, and are gone at
 //! the next start, which opens whatever the path names then. So the store remembers which file
