@@ -94,6 +94,56 @@ pub type SqlRow = (i64, i64, Option<Millis>, String, Option<String>, Millis);
 /// The columns of a [`SqlRow`], for the `SELECT`s of both SQL stores.
 pub const SQL_COLUMNS: &str = "version, generation, expires_at, doc, customer_id, modified_at";
 
+/// An outbox entry as both SQL stores select it (the columns [`SQL_OUTBOX_COLUMNS`] names, in
+/// that order): seq, destination, tenant, session_id, event_id, kind, version, customer_id,
+/// doc, event_time, attempts, recorded_at.
+type SqlOutboxRow = (
+    i64,
+    i32,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Millis,
+    i32,
+    Millis,
+);
+
+/// The columns of an [`SqlOutboxRow`].
+const SQL_OUTBOX_COLUMNS: &str = "seq, destination, tenant, session_id, event_id, kind, version, customer_id, doc, \
+                                  event_time, attempts, recorded_at";
+
+/// A claimed outbox entry as the SQL stores return it; its handle is its `seq`.
+fn pending_from_sql(row: SqlOutboxRow) -> Result<outbox::PendingEvent, StoreError> {
+    let (seq, destination, tenant, session_id, id, kind, version, customer, session, time, attempts, recorded_at) = row;
+    Ok(outbox::PendingEvent {
+        entry: seq.to_string(),
+        destination: u16::try_from(destination)
+            .map_err(|_| StoreError::Corrupt(format!("outbox destination {destination} out of range")))?,
+        key: SessionKey::new(tenant, session_id),
+        event: outbox::EventRecord {
+            id,
+            kind: outbox::EventKind::parse(&kind)?,
+            version: u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?,
+            customer,
+            session,
+            time,
+        },
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        recorded_at,
+    })
+}
+
+/// The sequence number an outbox entry's handle names (see [`pending_from_sql`]).
+fn sql_entry(entry: &str) -> Result<i64, StoreError> {
+    entry
+        .parse()
+        .map_err(|_| StoreError::Backend(format!("not an outbox entry: {entry}")))
+}
+
 /// A version as SQL stores it.
 pub fn sql_version(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version).map_err(|_| StoreError::Corrupt("version out of range".into()))

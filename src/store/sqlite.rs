@@ -15,6 +15,13 @@
 //! `LIMIT`/`OFFSET` along the index), and a delete of them all is one `DELETE ... RETURNING`
 //! job of the writer thread, atomic like every other.
 //!
+//! **The outbox** (with events on; see "The outbox" in docs/ARCHITECTURE.md): a job that changes
+//! a session also writes the change's entries into table `outbox`, right after its conditional
+//! statement and only when that statement changed a row, so they commit (or roll back) with the
+//! change in the group's transaction. Claims and settlements are jobs of the writer too: one
+//! writer, so two claims never take the same entry. With events off the jobs run exactly the
+//! statements they ran before.
+//!
 //! **The file under the service.** SQLite keeps writing to the file it opened even after that
 //! file was deleted, or another one renamed over its path: the writes succeed, and are gone at
 //! the next start, which opens whatever the path names then. So the store remembers which file
@@ -53,7 +60,7 @@
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -62,9 +69,10 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::outbox::{EventKind, EventRecord, OutboxStats, PendingEvent, Settlement};
 use super::{
-    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SQL_COLUMNS, SessionKey, SessionStore,
-    SqlRow, StoreError, StoredSession, sql_version,
+    CustomerKey, CustomerSessions, Expect, Page, RemovedSession, Revision, SQL_COLUMNS, SQL_OUTBOX_COLUMNS, SessionKey,
+    SessionStore, SqlOutboxRow, SqlRow, StoreError, StoredSession, pending_from_sql, sql_entry, sql_version,
 };
 use crate::clock::Millis;
 
@@ -114,6 +122,30 @@ const MIGRATIONS: &[&str] = &[
                 + CAST(substr(json_extract(doc, '$.metadata.modifiedAt'), 21, 3) AS INTEGER) END END, 0);
     CREATE INDEX sessions_customer ON sessions (tenant, customer_id, modified_at DESC, session_id)
         WHERE customer_id IS NOT NULL;",
+    // The outbox (see "The outbox" in docs/ARCHITECTURE.md): one row per event and destination,
+    // written in the transaction of the change it tells of. `seq` is the order of the changes;
+    // AUTOINCREMENT so that a number is never used twice (a late settlement of an entry must not
+    // hit a newer one). The claim walks due rows in `outbox_due` order and keeps the oldest row
+    // of each (destination, session), found through `outbox_session`.
+    "CREATE TABLE outbox (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination     INTEGER NOT NULL,
+        tenant          TEXT    NOT NULL,
+        session_id      TEXT    NOT NULL,
+        event_id        TEXT    NOT NULL,
+        kind            TEXT    NOT NULL,
+        version         INTEGER NOT NULL,
+        customer_id     TEXT,
+        doc             TEXT,
+        event_time      INTEGER NOT NULL,
+        recorded_at     INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        claim_owner     TEXT,
+        claimed_until   INTEGER
+    );
+    CREATE INDEX outbox_session ON outbox (destination, tenant, session_id, seq);
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, seq);",
 ];
 
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000;";
@@ -139,19 +171,24 @@ const RECHECK_AT_LEAST_AFTER: Duration = Duration::from_millis(50);
 const JOB_OVERHEAD: u64 = 4 * (4096 + 24);
 
 /// A job for the writer thread. Every answer is a count (0 or 1 for a write, a delete or an
-/// extend, 1 = done; the number removed for a sweep) except a customer's delete's, which is the
-/// list of the live sessions it removed.
+/// extend, 1 = done; the number removed for a sweep; the entries settled) except a customer's
+/// delete's, which is the list of the live sessions it removed, and a claim's, the entries
+/// claimed. `events` is the number of event destinations when the job was made: with 0, a change
+/// runs exactly the statements it ran before the outbox; else its outbox rows are written by the
+/// same job, hence in the same transaction.
 enum Job {
     Write {
         key: SessionKey,
         expect: Expect,
         record: StoredSession,
         now: Millis,
+        events: u16,
     },
     Delete {
         key: SessionKey,
         revision: Revision,
         now: Millis,
+        events: u16,
     },
     Extend {
         key: SessionKey,
@@ -162,11 +199,25 @@ enum Job {
     Sweep {
         now: Millis,
         limit: i64,
+        events: u16,
     },
     DeleteCustomer {
         customer: CustomerKey,
         except: Option<String>,
         now: Millis,
+        events: u16,
+    },
+    /// Claims due outbox entries (see [`claim`]).
+    Claim {
+        owner: String,
+        limit: i64,
+        until: Millis,
+        now: Millis,
+    },
+    /// Settles one outbox entry.
+    Settle {
+        seq: i64,
+        settlement: Settlement,
     },
     /// Nothing to apply: wakes the writer up after the readiness check found the files lost,
     /// so that it retires the connection (see [`retire`]) before readiness answers.
@@ -177,13 +228,14 @@ enum Job {
 enum Applied {
     Count(usize),
     Removed(Vec<RemovedSession>),
+    Claimed(Vec<SqlOutboxRow>),
 }
 
 impl Applied {
     fn count(self) -> Result<usize, StoreError> {
         match self {
             Applied::Count(n) => Ok(n),
-            Applied::Removed(_) => Err(StoreError::Backend(
+            Applied::Removed(_) | Applied::Claimed(_) => Err(StoreError::Backend(
                 "the SQLite writer answered a count with a list".into(),
             )),
         }
@@ -196,8 +248,14 @@ impl Job {
     /// About how many bytes committing this job adds to the WAL.
     fn size(&self) -> u64 {
         match self {
-            Job::Write { record, .. } => JOB_OVERHEAD + record.doc.len() as u64,
-            Job::Delete { .. } | Job::Extend { .. } | Job::Sweep { .. } | Job::DeleteCustomer { .. } => JOB_OVERHEAD,
+            // With events, the document again in each outbox row.
+            Job::Write { record, events, .. } => (JOB_OVERHEAD + record.doc.len() as u64) * (1 + u64::from(*events)),
+            Job::Delete { events, .. } => JOB_OVERHEAD * (1 + u64::from(*events)),
+            Job::Extend { .. }
+            | Job::Sweep { .. }
+            | Job::DeleteCustomer { .. }
+            | Job::Claim { .. }
+            | Job::Settle { .. } => JOB_OVERHEAD,
             Job::Retire => 0,
         }
     }
@@ -206,6 +264,8 @@ impl Job {
 /// Sessions in an SQLite file.
 pub struct SqliteStore {
     writer: mpsc::Sender<(Job, Reply)>,
+    /// How many event destinations the outbox records for (0 = events off).
+    events: AtomicU16,
     readers: r2d2::Pool<SqliteConnectionManager>,
     files: Arc<Files>,
     /// The last readiness result (one check runs at a time; callers meanwhile wait for it).
@@ -461,10 +521,16 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: sender,
+            events: AtomicU16::new(0),
             readers,
             files,
             readiness: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// How many event destinations changes record for now.
+    fn events(&self) -> u16 {
+        self.events.load(Ordering::Relaxed)
     }
 
     /// Hands `job` to the writer thread and waits for its commit; its count.
@@ -526,6 +592,7 @@ impl SessionStore for SqliteStore {
             expect,
             record: record.clone(),
             now,
+            events: self.events(),
         };
         StoreError::unless_held(self.submit(job).await? == 1)
     }
@@ -535,6 +602,7 @@ impl SessionStore for SqliteStore {
             key: key.clone(),
             revision,
             now,
+            events: self.events(),
         };
         StoreError::unless_held(self.submit(job).await? == 1)
     }
@@ -610,45 +678,74 @@ impl SessionStore for SqliteStore {
             customer: customer.clone(),
             except: except.map(str::to_owned),
             now,
+            events: self.events(),
         };
         match self.submit_job(job).await? {
             Applied::Removed(removed) => Ok(removed),
-            Applied::Count(_) => Err(StoreError::Backend(
-                "the SQLite writer answered a list with a count".into(),
+            Applied::Count(_) | Applied::Claimed(_) => Err(StoreError::Backend(
+                "the SQLite writer answered a list of sessions with something else".into(),
             )),
         }
     }
 
     async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.submit(Job::Sweep { now, limit }).await
+        let events = self.events();
+        self.submit(Job::Sweep { now, limit, events }).await
+    }
+
+    fn set_event_destinations(&self, destinations: u16) {
+        self.events.store(destinations, Ordering::Relaxed);
+    }
+
+    /// One `UPDATE ... RETURNING` job of the writer thread: the claim is a write (it is made
+    /// durable with the others of its group), and the writer applies one job at a time, so two
+    /// claims never see the same entry unclaimed.
+    async fn claim_events(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Millis,
+        now: Millis,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        let job = Job::Claim {
+            owner: owner.to_owned(),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            until: now.saturating_add(lease),
+            now,
+        };
+        let Applied::Claimed(mut rows) = self.submit_job(job).await? else {
+            return Err(StoreError::Backend(
+                "the SQLite writer answered a claim with something else".into(),
+            ));
+        };
+        rows.sort_by_key(|row| row.0);
+        rows.into_iter().map(pending_from_sql).collect()
+    }
+
+    async fn settle_event(&self, entry: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        let job = Job::Settle {
+            seq: sql_entry(entry)?,
+            settlement: settlement.clone(),
+        };
+        self.submit(job).await.map(|_| ())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.with_reader(|conn| {
+            let (pending, oldest_recorded_at): (i64, Option<Millis>) = conn
+                .prepare_cached("SELECT count(*), min(recorded_at) FROM outbox")
+                .and_then(|mut stmt| stmt.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
+                .map_err(from_sqlite)?;
+            Ok(OutboxStats {
+                pending: u64::try_from(pending).unwrap_or(0),
+                oldest_recorded_at,
+            })
+        })
     }
 
     /// Ready while the database files are still the ones opened, the disk has room for a
     /// write (both kept for [`READINESS_TTL`]) and a reading connection answers.
-    fn set_event_destinations(&self, destinations: u16) {
-        // TODO(outbox): events on this store are being built; refuse them until then.
-        assert!(destinations == 0, "events are not supported on this store yet");
-    }
-
-    async fn claim_events(
-        &self,
-        _owner: &str,
-        _limit: usize,
-        _lease: Millis,
-        _now: Millis,
-    ) -> Result<Vec<super::outbox::PendingEvent>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn settle_event(&self, _entry: &str, _settlement: &super::outbox::Settlement) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn outbox_stats(&self) -> Result<super::outbox::OutboxStats, StoreError> {
-        Ok(super::outbox::OutboxStats::default())
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         self.files.refuse_if_lost()?;
         {
@@ -769,35 +866,58 @@ fn sql_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<SqlRow> {
 }
 
 fn apply(conn: &Connection, job: &Job) -> rusqlite::Result<Applied> {
-    if let Job::DeleteCustomer { customer, except, now } = job {
-        return delete_customer(conn, customer, except.as_deref(), *now).map(Applied::Removed);
+    match job {
+        Job::DeleteCustomer {
+            customer,
+            except,
+            now,
+            events,
+        } => delete_customer(conn, customer, except.as_deref(), *now, *events).map(Applied::Removed),
+        Job::Claim {
+            owner,
+            limit,
+            until,
+            now,
+        } => claim(conn, owner, *limit, *until, *now).map(Applied::Claimed),
+        _ => apply_counted(conn, job).map(Applied::Count),
     }
-    apply_counted(conn, job).map(Applied::Count)
 }
 
-/// Every row of `customer` but `except`, in one statement; the live ones are returned.
+/// Every row of `customer` but `except`, in one statement; the live ones are returned. With
+/// events, each row removed records `deleted` (`expired` if it had expired already).
 fn delete_customer(
     conn: &Connection,
     customer: &CustomerKey,
     except: Option<&str>,
     now: Millis,
+    events: u16,
 ) -> rusqlite::Result<Vec<RemovedSession>> {
     let mut stmt = conn.prepare_cached(
         "DELETE FROM sessions WHERE tenant = ?1 AND customer_id = ?2 AND session_id IS NOT ?3
          RETURNING session_id, version, generation, expires_at",
     )?;
-    let rows = stmt.query_map(params![customer.tenant, customer.customer_id, except], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-            row.get::<_, Option<i64>>(3)?,
-        ))
-    })?;
+    let rows = stmt
+        .query_map(params![customer.tenant, customer.customer_id, except], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut removed = Vec::new();
-    for row in rows {
-        let (session_id, version, generation, expires_at) = row?;
-        if expires_at.is_none_or(|at| at > now) {
+    for (session_id, version, generation, expires_at) in rows {
+        let live = expires_at.is_none_or(|at| at > now);
+        if events > 0 {
+            let (kind, time) = match expires_at {
+                Some(at) if !live => (EventKind::Expired, at),
+                _ => (EventKind::Deleted, now),
+            };
+            let event = ended(kind, version, Some(customer.customer_id.clone()), time)?;
+            record_event(conn, events, &customer.session(&session_id), &event, now)?;
+        }
+        if live {
             removed.push(RemovedSession {
                 session_id,
                 revision: Revision {
@@ -817,58 +937,97 @@ fn apply_counted(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
             expect: Expect::Current { version, generation },
             record,
             now,
-        } => conn
-            .prepare_cached(
-                "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5, generation = ?9,
-                   customer_id = ?10, modified_at = ?11
-                 WHERE tenant = ?1 AND session_id = ?2 AND version = ?6 AND generation = ?7
-                   AND (expires_at IS NULL OR expires_at > ?8)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    key.tenant,
-                    key.session_id,
-                    sql_version(record.version).unwrap_or(i64::MAX),
-                    record.expires_at,
-                    record.doc,
-                    sql_version(*version).unwrap_or(-1),
-                    generation,
-                    now,
-                    record.generation,
-                    record.customer,
-                    record.modified_at
-                ])
-            }),
+            events,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE sessions SET version = ?3, expires_at = ?4, doc = ?5, generation = ?9,
+                       customer_id = ?10, modified_at = ?11
+                     WHERE tenant = ?1 AND session_id = ?2 AND version = ?6 AND generation = ?7
+                       AND (expires_at IS NULL OR expires_at > ?8)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        key.tenant,
+                        key.session_id,
+                        sql_version(record.version).unwrap_or(i64::MAX),
+                        record.expires_at,
+                        record.doc,
+                        sql_version(*version).unwrap_or(-1),
+                        generation,
+                        now,
+                        record.generation,
+                        record.customer,
+                        record.modified_at
+                    ])
+                })?;
+            if changed == 1 && *events > 0 {
+                let event = ours(EventRecord::of(EventKind::Updated, record, *now))?;
+                record_event(conn, *events, key, &event, *now)?;
+            }
+            Ok(changed)
+        }
         Job::Write {
             key,
             expect: Expect::Absent,
             record,
             now,
+            events,
+        } => {
+            // With events, the expired record a creation replaces (if any) ends first: read it
+            // before it is overwritten (the writer is alone, so it is still there after).
+            let replaced: Option<(i64, Option<String>, i64)> = if *events > 0 {
+                conn.prepare_cached(
+                    "SELECT version, customer_id, expires_at FROM sessions
+                     WHERE tenant = ?1 AND session_id = ?2 AND expires_at IS NOT NULL AND expires_at <= ?3",
+                )?
+                .query_row(params![key.tenant, key.session_id, now], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()?
+            } else {
+                None
+            };
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc,
+                         customer_id, modified_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9)
+                     ON CONFLICT (tenant, session_id) DO UPDATE
+                       SET version = excluded.version, generation = excluded.generation,
+                           expires_at = excluded.expires_at, doc = excluded.doc,
+                           customer_id = excluded.customer_id, modified_at = excluded.modified_at
+                     WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?7",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        key.tenant,
+                        key.session_id,
+                        sql_version(record.version).unwrap_or(i64::MAX),
+                        record.generation,
+                        record.expires_at,
+                        record.doc,
+                        now,
+                        record.customer,
+                        record.modified_at
+                    ])
+                })?;
+            if changed == 1 && *events > 0 {
+                if let Some((version, customer, expired_at)) = replaced {
+                    let event = ended(EventKind::Expired, version, customer, expired_at)?;
+                    record_event(conn, *events, key, &event, *now)?;
+                }
+                let event = ours(EventRecord::of(EventKind::Created, record, *now))?;
+                record_event(conn, *events, key, &event, *now)?;
+            }
+            Ok(changed)
+        }
+        Job::Delete {
+            key,
+            revision,
+            now,
+            events: 0,
         } => conn
-            .prepare_cached(
-                "INSERT INTO sessions (tenant, session_id, version, generation, expires_at, doc,
-                     customer_id, modified_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9)
-                 ON CONFLICT (tenant, session_id) DO UPDATE
-                   SET version = excluded.version, generation = excluded.generation,
-                       expires_at = excluded.expires_at, doc = excluded.doc,
-                       customer_id = excluded.customer_id, modified_at = excluded.modified_at
-                 WHERE sessions.expires_at IS NOT NULL AND sessions.expires_at <= ?7",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    key.tenant,
-                    key.session_id,
-                    sql_version(record.version).unwrap_or(i64::MAX),
-                    record.generation,
-                    record.expires_at,
-                    record.doc,
-                    now,
-                    record.customer,
-                    record.modified_at
-                ])
-            }),
-        Job::Delete { key, revision, now } => conn
             .prepare_cached(
                 "DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 AND version = ?3
                    AND generation = ?4 AND (expires_at IS NULL OR expires_at > ?5)",
@@ -882,6 +1041,36 @@ fn apply_counted(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
                     now
                 ])
             }),
+        Job::Delete {
+            key,
+            revision,
+            now,
+            events,
+        } => {
+            let gone: Option<(i64, Option<String>)> = conn
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2 AND version = ?3
+                       AND generation = ?4 AND (expires_at IS NULL OR expires_at > ?5)
+                     RETURNING version, customer_id",
+                )?
+                .query_row(
+                    params![
+                        key.tenant,
+                        key.session_id,
+                        sql_version(revision.version).unwrap_or(-1),
+                        revision.generation,
+                        now
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((version, customer)) = gone else {
+                return Ok(0);
+            };
+            let event = ended(EventKind::Deleted, version, customer, *now)?;
+            record_event(conn, *events, key, &event, *now)?;
+            Ok(1)
+        }
         Job::Extend {
             key,
             revision,
@@ -903,14 +1092,157 @@ fn apply_counted(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
                     now
                 ])
             }),
-        Job::Sweep { now, limit } => conn
+        Job::Sweep { now, limit, events: 0 } => conn
             .prepare_cached(
                 "DELETE FROM sessions WHERE id IN (
                    SELECT id FROM sessions WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
             )
             .and_then(|mut stmt| stmt.execute(params![now, limit])),
-        Job::Retire | Job::DeleteCustomer { .. } => Ok(0),
+        Job::Sweep { now, limit, events } => {
+            let gone = conn
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE id IN (
+                       SELECT id FROM sessions WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)
+                     RETURNING tenant, session_id, version, customer_id, expires_at",
+                )?
+                .query_map(params![now, limit], |row| {
+                    Ok((
+                        SessionKey::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (key, version, customer, expires_at) in &gone {
+                let event = ended(
+                    EventKind::Expired,
+                    *version,
+                    customer.clone(),
+                    expires_at.unwrap_or(*now),
+                )?;
+                record_event(conn, *events, key, &event, *now)?;
+            }
+            Ok(gone.len())
+        }
+        Job::Settle {
+            seq,
+            settlement: Settlement::Done,
+        } => conn
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+            .and_then(|mut stmt| stmt.execute(params![seq])),
+        Job::Settle {
+            seq,
+            settlement: Settlement::Retry { next_attempt_at },
+        } => conn
+            // The rows behind it wait with it (see `claim`): they were never claimed.
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + (seq = ?1), next_attempt_at = ?2,
+                   claim_owner = NULL, claimed_until = NULL
+                 WHERE (destination, tenant, session_id) =
+                         (SELECT destination, tenant, session_id FROM outbox WHERE seq = ?1)
+                   AND seq >= ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![seq, next_attempt_at])),
+        Job::Retire | Job::DeleteCustomer { .. } | Job::Claim { .. } => Ok(0),
     }
+}
+
+/// Claims for `owner` until `until` up to `limit` entries due at `now`: of each (destination,
+/// session) only the oldest entry (the lowest `seq`), when it is due and not held by another
+/// owner's claim that still runs; the longest due first. One statement of the one writer, so
+/// nothing claims in between. It walks `outbox_due` and stops at the limit: the rows behind a
+/// session's oldest one are not due before it (they are recorded, and moved on a retry, with its
+/// next attempt), so a backlog behind a receiver that is down is not walked at every claim.
+fn claim(
+    conn: &Connection,
+    owner: &str,
+    limit: i64,
+    until: Millis,
+    now: Millis,
+) -> rusqlite::Result<Vec<SqlOutboxRow>> {
+    conn.prepare_cached(&format!(
+        "UPDATE outbox SET claim_owner = ?1, claimed_until = ?2
+         WHERE seq IN (
+           SELECT c.seq FROM outbox AS c
+           WHERE c.next_attempt_at <= ?3
+             AND (c.claim_owner IS NULL OR c.claim_owner = ?1 OR c.claimed_until <= ?3)
+             AND NOT EXISTS (
+               SELECT 1 FROM outbox AS older
+               WHERE older.destination = c.destination AND older.tenant = c.tenant
+                 AND older.session_id = c.session_id AND older.seq < c.seq)
+           ORDER BY c.next_attempt_at, c.seq LIMIT ?4)
+         RETURNING {SQL_OUTBOX_COLUMNS}"
+    ))?
+    .query_map(params![owner, until, now, limit], |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+            row.get(9)?,
+            row.get(10)?,
+            row.get(11)?,
+        ))
+    })?
+    .collect()
+}
+
+/// Records `event` of the session `key` in the outbox, once per destination `0..destinations`,
+/// as recorded at `now`; first due then, or, behind an older entry of the session that waits
+/// for a retry, with that entry (it cannot go before anyway).
+fn record_event(
+    conn: &Connection,
+    destinations: u16,
+    key: &SessionKey,
+    event: &EventRecord,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO outbox (destination, tenant, session_id, event_id, kind, version, customer_id, doc,
+             event_time, recorded_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, max(?10, coalesce(
+           (SELECT next_attempt_at FROM outbox
+            WHERE destination = ?1 AND tenant = ?2 AND session_id = ?3 ORDER BY seq LIMIT 1), ?10)))",
+    )?;
+    for destination in 0..destinations {
+        stmt.execute(params![
+            destination,
+            key.tenant,
+            key.session_id,
+            event.id,
+            event.kind.as_str(),
+            sql_version(event.version).unwrap_or(i64::MAX),
+            event.customer,
+            event.session,
+            event.time,
+            now
+        ])?;
+    }
+    Ok(())
+}
+
+/// The event of the end (`deleted`, `expired`) of a record that was at `version`.
+fn ended(kind: EventKind, version: i64, customer: Option<String>, time: Millis) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        id: ours(EventRecord::new_id())?,
+        kind,
+        version: u64::try_from(version).unwrap_or(0),
+        customer,
+        session: None,
+        time,
+    })
+}
+
+/// A store error met inside the writer's transaction, as an SQLite error (it rolls the group
+/// back like any other).
+fn ours<T>(result: Result<T, StoreError>) -> rusqlite::Result<T> {
+    result.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
