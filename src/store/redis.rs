@@ -394,23 +394,28 @@ where
             Expect::Absent => ("absent", String::new(), String::new()),
             Expect::Current { version, generation } => ("current", version.to_string(), generation.to_string()),
         };
-        if let Some(customer) = &record.customer {
-            // The index first: a session that exists is always listed (see the module doc).
-            let customer = CustomerKey::new(key.tenant.clone(), customer.clone());
-            self.index_add(&customer, &key.session_id, record, customers::token(expect, now), now)
-                .await?;
-        }
+        // The index first: a session that exists is always listed (see the module doc).
+        let listing = async {
+            if let Some(customer) = &record.customer {
+                let customer = CustomerKey::new(key.tenant.clone(), customer.clone());
+                self.index_add(&customer, &key.session_id, record, customers::token(expect, now), now)
+                    .await?;
+            }
+            Ok(())
+        };
         if self.events() {
             let args = outbox::WriteArgs {
                 kind,
                 expected,
                 expected_generation,
             };
-            let (written, before) = self.write_with_events(key, args, record, now).await?;
+            // Both listings (customer, outbox) before the script, side by side.
+            let (written, before) = self.write_with_events(key, args, record, listing, now).await?;
             StoreError::unless_held(written)?;
             self.after_write(key, record, before, now).await;
             return Ok(());
         }
+        listing.await?;
         let (expires_at, ttl) = expiry_args(record.expires_at, now);
         let (written, before): (i64, String) = self
             .write

@@ -639,18 +639,20 @@ where
         }
     }
 
-    /// `write` with events on.
+    /// `write` with events on, after (or rather: while) `customer_listing` lists the session
+    /// under its customer.
     pub(super) async fn write_with_events(
         &self,
         key: &SessionKey,
         args: WriteArgs<'_>,
         record: &crate::store::StoredSession,
+        customer_listing: impl std::future::Future<Output = Result<(), StoreError>>,
         now: Millis,
     ) -> Result<(bool, String), StoreError> {
         let tag = tag(key);
         let token = new_token()?;
-        self.outbox_mark(Mode::Change, &[(tag.clone(), record.expires_at)], &token, now)
-            .await?;
+        let member = [(tag.clone(), record.expires_at)];
+        tokio::try_join!(customer_listing, self.outbox_mark(Mode::Change, &member, &token, now))?;
         let (expires_at, ttl) = expiry_args(record.expires_at, now);
         let mut invocation = self.outbox.write.prepare_invoke();
         for k in self.session_keys(key) {
