@@ -14,6 +14,13 @@
 //! [`customers`] and "The customer index" in docs/ARCHITECTURE.md. Each session hash also holds
 //! its customer (`c`) and modification time (`m`).
 //!
+//! With events on (`set_event_destinations(n > 0)`), each change runs a variant of its script
+//! that also records the change's event in the session's slot, the session listed first in
+//! sharded due and expiry indexes, and the native expiry comes an hour after the record's so
+//! that the sweep removes an expired session first and records its `expired` event: see
+//! [`outbox`] and "The outbox on Redis" in docs/ARCHITECTURE.md. With events off, nothing of
+//! this runs.
+//!
 //! Loads and pings have a connection of their own (on a cluster, one to each node), apart from
 //! the one the write, delete and extend scripts share. Redis runs one connection's commands in
 //! order, so on a single shared connection a script that Redis holds back (`CLIENT PAUSE
