@@ -14,6 +14,13 @@
 //! [`customers`] and "The customer index" in docs/ARCHITECTURE.md. Each session hash also holds
 //! its customer (`c`) and modification time (`m`).
 //!
+//! With events on (`set_event_destinations(n > 0)`), each change runs a variant of its script
+//! that also records the change's event in the session's slot, the session listed first in
+//! sharded due and expiry indexes, and the native expiry comes an hour after the record's so
+//! that the sweep removes an expired session first and records its `expired` event: see
+//! [`outbox`] and "The outbox on Redis" in docs/ARCHITECTURE.md. With events off, nothing of
+//! this runs.
+//!
 //! Loads and pings have a connection of their own (on a cluster, one to each node), apart from
 //! the one the write, delete and extend scripts share. Redis runs one connection's commands in
 //! order, so on a single shared connection a script that Redis holds back (`CLIENT PAUSE
@@ -33,6 +40,10 @@
 //! one of the same revision and set the expiry it was sent with, which may be the earlier one.
 
 mod customers;
+mod outbox;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -218,6 +229,10 @@ pub struct RedisStore<C> {
     index_add: Script,
     index_keep: Script,
     index_fix: Script,
+    /// With events on: the outbox scripts (see [`outbox`]).
+    outbox: outbox::Scripts,
+    /// How many event destinations there are; 0 = events off.
+    destinations: Arc<AtomicU16>,
 }
 
 impl RedisStore<ConnectionManager> {
@@ -291,12 +306,34 @@ impl<C> RedisStore<C> {
             index_add: Script::new(&format!("{INDEX_TTL}{INDEX_ADD}")),
             index_keep: Script::new(&format!("{INDEX_TTL}{INDEX_KEEP}")),
             index_fix: Script::new(INDEX_FIX),
+            outbox: outbox::Scripts::new(CUSTOMER_OF),
+            destinations: Arc::new(AtomicU16::new(0)),
         }
+    }
+
+    /// Whether the outbox is on.
+    fn events(&self) -> bool {
+        self.destinations.load(Ordering::Relaxed) > 0
     }
 
     /// The hash tag holds tenant and session id, so all of a session is in one slot.
     fn key(&self, key: &SessionKey) -> String {
         format!("{}:{{{}:{}}}", self.prefix, key.tenant, key.session_id)
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Nodes + Clone + Send + Sync + 'static,
+{
+    /// After a write of `record` under `key` that found the session with customer `before`
+    /// ("" = none).
+    async fn after_write(&self, key: &SessionKey, record: &StoredSession, before: String, now: Millis) {
+        if !before.is_empty() && record.customer.as_deref() != Some(before.as_str()) {
+            // No longer that customer's: unlist it there (else the next read of that index will).
+            let customer = CustomerKey::new(key.tenant.clone(), before);
+            self.tidy(&customer, &key.session_id, now).await;
+        }
     }
 }
 
@@ -364,12 +401,28 @@ where
             Expect::Absent => ("absent", String::new(), String::new()),
             Expect::Current { version, generation } => ("current", version.to_string(), generation.to_string()),
         };
-        if let Some(customer) = &record.customer {
-            // The index first: a session that exists is always listed (see the module doc).
-            let customer = CustomerKey::new(key.tenant.clone(), customer.clone());
-            self.index_add(&customer, &key.session_id, record, customers::token(expect, now), now)
-                .await?;
+        // The index first: a session that exists is always listed (see the module doc).
+        let listing = async {
+            if let Some(customer) = &record.customer {
+                let customer = CustomerKey::new(key.tenant.clone(), customer.clone());
+                self.index_add(&customer, &key.session_id, record, customers::token(expect, now), now)
+                    .await?;
+            }
+            Ok(())
+        };
+        if self.events() {
+            let args = outbox::WriteArgs {
+                kind,
+                expected,
+                expected_generation,
+            };
+            // Both listings (customer, outbox) before the script, side by side.
+            let (written, before) = self.write_with_events(key, args, record, listing, now).await?;
+            StoreError::unless_held(written)?;
+            self.after_write(key, record, before, now).await;
+            return Ok(());
         }
+        listing.await?;
         let (expires_at, ttl) = expiry_args(record.expires_at, now);
         let (written, before): (i64, String) = self
             .write
@@ -389,15 +442,20 @@ where
             .await
             .map_err(from_redis)?;
         StoreError::unless_held(written == 1)?;
-        if !before.is_empty() && record.customer.as_deref() != Some(before.as_str()) {
-            // No longer that customer's: unlist it there (else the next read of that index will).
-            let customer = CustomerKey::new(key.tenant.clone(), before);
-            self.tidy(&customer, &key.session_id, now).await;
-        }
+        self.after_write(key, record, before, now).await;
         Ok(())
     }
 
     async fn delete(&self, key: &SessionKey, revision: Revision, now: Millis) -> Result<(), StoreError> {
+        if self.events() {
+            let (removed, customer) = self.delete_with_events(key, revision, now).await?;
+            StoreError::unless_held(removed)?;
+            if !customer.is_empty() {
+                let customer = CustomerKey::new(key.tenant.clone(), customer);
+                self.tidy(&customer, &key.session_id, now).await;
+            }
+            return Ok(());
+        }
         let (removed, customer): (i64, String) = self
             .delete
             .key(self.key(key))
@@ -428,6 +486,11 @@ where
         {
             let customer = CustomerKey::new(key.tenant.clone(), customer);
             self.index_keep(&customer, expires_at, now).await?;
+        }
+        if self.events()
+            && let Some(at) = expires_at
+        {
+            return StoreError::unless_held(self.extend_with_events(key, revision, at, now).await?);
         }
         let (expires_at, ttl) = expiry_args(expires_at, now);
         let extended: i64 = self
@@ -462,33 +525,40 @@ where
         self.delete_all(customer, except, now).await
     }
 
-    /// Redis removes expired sessions itself (each record with an expiry time carries a native
-    /// expiry), so there is nothing to sweep: always 0.
-    async fn sweep_expired(&self, _now: Millis, _limit: usize) -> Result<usize, StoreError> {
+    /// With events off, Redis removes expired sessions itself (each record with an expiry time
+    /// carries a native expiry), so there is nothing to sweep: always 0. With events on, the
+    /// native expiry comes an hour late and the sweep removes what the expiry index lists as
+    /// expired, recording each `expired` event (see [`outbox`]).
+    async fn sweep_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        if self.events() {
+            return self.sweep_with_events(now, limit).await;
+        }
         Ok(0)
     }
 
     fn set_event_destinations(&self, destinations: u16) {
-        // TODO(outbox): events on this store are being built; refuse them until then.
-        assert!(destinations == 0, "events are not supported on this store yet");
+        self.destinations.store(destinations, Ordering::Relaxed);
+        if destinations > 0 {
+            self.start_repair();
+        }
     }
 
     async fn claim_events(
         &self,
-        _owner: &str,
-        _limit: usize,
-        _lease: Millis,
-        _now: Millis,
+        owner: &str,
+        limit: usize,
+        lease: Millis,
+        now: Millis,
     ) -> Result<Vec<super::outbox::PendingEvent>, StoreError> {
-        Ok(Vec::new())
+        self.claim(owner, limit, lease, now).await
     }
 
-    async fn settle_event(&self, _entry: &str, _settlement: &super::outbox::Settlement) -> Result<(), StoreError> {
-        Ok(())
+    async fn settle_event(&self, entry: &str, settlement: &super::outbox::Settlement) -> Result<(), StoreError> {
+        self.settle(entry, settlement).await
     }
 
     async fn outbox_stats(&self) -> Result<super::outbox::OutboxStats, StoreError> {
-        Ok(super::outbox::OutboxStats::default())
+        self.stats().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -10,7 +10,9 @@
 //! - `histories`: concurrent clients on real service processes, each session's history
 //!   checked for linearizability against the model (`histories::checker`);
 //! - `lifecycle`: the background sweep removes expired sessions from storage;
-//! - `outbox`: with events on, every change records its event atomically; the claim rules.
+//! - `outbox`: with events on, every change records its event atomically; the claim rules;
+//! - `outbox_redis`: the outbox's Redis-only risks (the sweeper before native expiry, a lost
+//!   due listing, two instances claiming side by side).
 //!
 //! Run one part with a filter: `cargo test --test stores histories::`.
 
@@ -24,4 +26,5 @@ mod lifecycle;
 mod model;
 mod model_based;
 mod outbox;
+mod outbox_redis;
 mod store_contract;

@@ -362,6 +362,73 @@ where
         Ok(replies)
     }
 
+    /// With events on, DELETE_IF_CUSTOMER on each of `ids` recording its event, the sessions
+    /// listed in the outbox indexes first; the answers as `on_each_session`'s, without the
+    /// count of entries recorded.
+    async fn delete_if_customer_with_events(
+        &self,
+        customer: &CustomerKey,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = self.mark_removals(&customer.tenant, ids, now).await?;
+        let destinations = self.destinations.load(std::sync::atomic::Ordering::Relaxed);
+        let mut tasks = JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let keys = self.session_keys(&SessionKey::new(customer.tenant.clone(), id.clone()));
+            let script = self.outbox.delete_if_customer.clone();
+            let mut conn = self.writes.clone();
+            let args = (
+                customer.customer_id.clone(),
+                now,
+                destinations,
+                token.clone(),
+                crate::store::outbox::EventRecord::new_id()?,
+            );
+            tasks.spawn(async move {
+                let mut invocation = script.prepare_invoke();
+                for key in keys {
+                    invocation.key(key);
+                }
+                let reply: Result<Vec<String>, _> = invocation
+                    .arg(args.0)
+                    .arg(args.1)
+                    .arg(args.2)
+                    .arg(args.3)
+                    .arg(args.4)
+                    .invoke_async(&mut conn)
+                    .await;
+                (i, reply)
+            });
+        }
+        let mut replies = vec![Vec::new(); ids.len()];
+        let mut failure = None;
+        while let Some(done) = tasks.join_next().await {
+            let (i, reply) = done.map_err(|e| StoreError::Backend(format!("a Redis task failed: {e}")))?;
+            match reply {
+                Ok(reply) => replies[i] = reply,
+                Err(e) => failure = Some(from_redis(e)),
+            }
+        }
+        // What each recorded (a removal's last field), against what the listing counted.
+        let mut pushed = Vec::with_capacity(ids.len());
+        for reply in &mut replies {
+            let recorded = match reply.first().map(String::as_str) {
+                Some("2") => reply.pop().and_then(|p| p.parse().ok()).unwrap_or(0),
+                _ => 0,
+            };
+            pushed.push(recorded);
+        }
+        self.count_removals(&customer.tenant, ids, &pushed).await;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(replies),
+        }
+    }
+
     /// The tokens of `ids` in `customer`'s index ("" for none).
     async fn tokens(&self, customer: &CustomerKey, ids: &[String]) -> Result<Vec<String>, StoreError> {
         if ids.is_empty() {
@@ -565,10 +632,13 @@ where
                 .collect();
             // The tokens before the sessions: see rule 2.
             let tokens = self.tokens(customer, &ids).await?;
-            let args = [customer.customer_id.clone(), now.to_string()];
-            let replies = self
-                .on_each_session(&self.delete_if_customer, &customer.tenant, &ids, &args, true)
-                .await?;
+            let replies = if self.events() {
+                self.delete_if_customer_with_events(customer, &ids, now).await?
+            } else {
+                let args = [customer.customer_id.clone(), now.to_string()];
+                self.on_each_session(&self.delete_if_customer, &customer.tenant, &ids, &args, true)
+                    .await?
+            };
             let mut fixes = Vec::new();
             for ((id, token), reply) in ids.into_iter().zip(tokens).zip(replies) {
                 let seen = match reply.split_first() {
@@ -722,7 +792,7 @@ where
 }
 
 /// `text` with the glob characters of `SCAN MATCH` escaped.
-fn glob_escape(text: &str) -> String {
+pub(super) fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
