@@ -14,6 +14,7 @@
 //! - [`seed`] fills a store with generated sessions for benchmarks and load tests;
 //!   [`operator`] lists and ends a customer's sessions straight on a store
 //!   (`session-context sessions list|delete`).
+//! - [`events`] delivers what the stores' outboxes record: every change as a signed webhook.
 //! - [`clock`] is the time source, injectable so expiry can be tested without sleeping.
 
 pub mod auth;
