@@ -69,6 +69,12 @@ pub struct DeleteCustomerArgs {
     /// A session id to keep.
     #[arg(long)]
     pub except: Option<String>,
+
+    /// The service's `--webhook-url`s, the same list in the same order: each session ended is
+    /// recorded as a `deleted` event for them, which the running service then delivers. Without
+    /// them, nothing is announced.
+    #[arg(long, env = "SESSION_CONTEXT_WEBHOOK_URL", value_name = "URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
 }
 
 /// Flags of `session-context seed`.

@@ -114,8 +114,8 @@ impl Settings {
             },
             max_session_bytes: args.max_session_bytes,
             max_attributes: args.max_attributes,
-            protected: Patterns::new(&args.protected_attribute).map_err(|e| format!("--protected-attribute: {e}"))?,
-            hidden: Patterns::new(&args.hidden_attribute).map_err(|e| format!("--hidden-attribute: {e}"))?,
+            protected: patterns("--protected-attribute", &args.protected_attribute)?,
+            hidden: patterns("--hidden-attribute", &args.hidden_attribute)?,
             allowed: AllowedValues {
                 currency: allowed("--allowed-currency", TextField::Currency, &args.allowed_currency)?,
                 site_code: allowed("--allowed-site", TextField::SiteCode, &args.allowed_site)?,
@@ -252,10 +252,10 @@ fn tenant_policy(top: &TenantPolicy, table: &TenantTable) -> Result<TenantPolicy
         policy.max_attributes = attributes;
     }
     if let Some(patterns) = &table.protected_attributes {
-        policy.protected = Patterns::new(patterns).map_err(|e| format!("protected-attributes: {e}"))?;
+        policy.protected = self::patterns("protected-attributes", patterns)?;
     }
     if let Some(patterns) = &table.hidden_attributes {
-        policy.hidden = Patterns::new(patterns).map_err(|e| format!("hidden-attributes: {e}"))?;
+        policy.hidden = self::patterns("hidden-attributes", patterns)?;
     }
     let lists = [
         (
@@ -289,6 +289,13 @@ fn tenant_policy(top: &TenantPolicy, table: &TenantTable) -> Result<TenantPolicy
         }
     }
     Ok(policy)
+}
+
+/// Attribute patterns as given, without the blanks around them: `"b2b.*, priceList"` in the
+/// environment means `priceList`, not ` priceList` (which would never match, and protect nothing).
+fn patterns(flag: &str, values: &[String]) -> Result<Patterns, String> {
+    let trimmed: Vec<&str> = values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()).collect();
+    Patterns::new(&trimmed).map_err(|e| format!("{flag}: {e}"))
 }
 
 /// An `--allowed-*` list, each value checked by the field's input rule (a value no request
@@ -408,6 +415,14 @@ cors-origins = ["https://outlet.example"]
             CorsOrigins::List(vec!["https://outlet.example".parse().unwrap()])
         );
         assert_eq!(s.policy.tenants.of("other"), top);
+    }
+
+    #[test]
+    fn attribute_patterns_are_trimmed_as_the_environment_writes_them() {
+        let s = settings(&["--jwt-secret", "x", "--protected-attribute", "b2b.*, priceList ,"]).unwrap();
+        let protected = &s.policy.tenants.default.protected;
+        assert!(protected.matches("priceList") && protected.matches("b2b.x"));
+        assert_eq!(protected.iter().count(), 2);
     }
 
     #[test]

@@ -35,8 +35,10 @@ const MAX_IN_FLIGHT_PER_DESTINATION: usize = 64;
 /// How long a claim holds an entry: longer than any delivery may take (and what an instance
 /// killed with claims in hand delays their redelivery by).
 const LEASE: Millis = 20_000;
-/// When an entry claimed for a destination that has no room is offered again.
-const RELEASE_DELAY: Millis = 1_000;
+/// When an entry claimed for a destination that has no room is offered again: long enough
+/// that a slow destination's backlog is not claimed and given back over and over (each of its
+/// entries at most once per this while it stays full), short next to how slow it is.
+const RELEASE_DELAY: Millis = 5_000;
 /// Longest one delivery may take before it counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often to look for due events when the last look found none.
@@ -218,13 +220,14 @@ impl Dispatcher {
                 last_stats = tokio::time::Instant::now();
             }
             let room: usize = busy.iter().map(|b| MAX_IN_FLIGHT_PER_DESTINATION - b).sum();
+            // Deliveries this round started (entries given back for a full destination do not
+            // count: claiming again at once would only give them back again).
             let mut found = 0;
             if room > 0 {
                 claims += 1;
                 let owner = format!("{}/{claims}", this.instance);
                 match this.store.claim_events(&owner, room, LEASE, this.clock.now()).await {
                     Ok(claimed) => {
-                        found = claimed.len();
                         for pending in claimed {
                             let destination = pending.destination;
                             match busy.get_mut(usize::from(destination)) {
@@ -237,6 +240,7 @@ impl Dispatcher {
                                 Some(b) => *b += 1,
                                 None => {} // no longer configured: dropped at once
                             }
+                            found += 1;
                             let this = Arc::clone(&this);
                             in_flight.spawn(async move {
                                 this.deliver_and_settle(pending).await;
@@ -260,10 +264,10 @@ impl Dispatcher {
         }
     }
 
-    /// Gives a claimed entry back, to be offered again shortly (its attempt count grows by
-    /// one, which only lengthens a later backoff of an entry whose destination is slow anyway).
+    /// Gives a claimed entry back untried, to be offered again shortly (its attempts as they
+    /// were, so its backoff after a real failure is still the first one's).
     async fn release(&self, pending: &PendingEvent) {
-        let again = Settlement::Retry {
+        let again = Settlement::Release {
             next_attempt_at: self.clock.now() + RELEASE_DELAY,
         };
         if let Err(e) = self.store.settle_event(&pending.entry, &again).await {

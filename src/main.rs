@@ -78,11 +78,14 @@ fn sessions(command: SessionsCommand) -> Result<(), String> {
         }
         SessionsCommand::Delete(args) => {
             let who = &args.customer;
+            let urls = args.webhook_url.iter().filter(|u| !u.trim().is_empty()).count();
+            let destinations = u16::try_from(urls).map_err(|_| "too many --webhook-url")?;
             let deleted = runtime.block_on(operator::delete(
                 &who.store,
                 &who.tenant,
                 &who.customer,
                 args.except.as_deref(),
+                destinations,
             ))?;
             println!("{}", serde_json::json!({ "deleted": deleted }));
         }

@@ -15,19 +15,20 @@ const PAGE_SIZE: u64 = 1_000;
 
 /// The use cases over the store `url` names, after checking the tenant and customer as the
 /// API does.
-async fn open(url: &StoreUrl, tenant: &str, customer: &str) -> Result<Sessions, String> {
+async fn open(url: &StoreUrl, tenant: &str, customer: &str, destinations: u16) -> Result<Sessions, String> {
     validate::tenant(tenant).map_err(|e| format!("--tenant: {}", e.message))?;
     validate::text_field(TextField::CustomerId, customer).map_err(|e| format!("--customer: {}", e.message))?;
     let store = store::open(url)
         .await
         .map_err(|e| format!("cannot open the store {url}: {e}"))?;
+    store.set_event_destinations(destinations);
     Ok(Sessions::new(store, Arc::new(SystemClock), Policy::default()))
 }
 
 /// Writes every live session of `customer` to `out`, one JSON object per line, newest change
 /// first, page by page (never all at once in memory). Returns how many were written.
 pub async fn list(url: &StoreUrl, tenant: &str, customer: &str, out: &mut impl Write) -> Result<u64, String> {
-    let sessions = open(url, tenant, customer).await?;
+    let sessions = open(url, tenant, customer, 0).await?;
     let mut written = 0;
     for number in 1.. {
         let page = sessions
@@ -53,12 +54,20 @@ pub async fn list(url: &StoreUrl, tenant: &str, customer: &str, out: &mut impl W
     Ok(written)
 }
 
-/// Ends every session of `customer` but `except`; returns how many went.
-pub async fn delete(url: &StoreUrl, tenant: &str, customer: &str, except: Option<&str>) -> Result<u64, String> {
+/// Ends every session of `customer` but `except`; returns how many went. With `destinations`
+/// (the number of the service's webhook URLs), each ending is recorded as a `deleted` event
+/// in the store's outbox, for the service to deliver.
+pub async fn delete(
+    url: &StoreUrl,
+    tenant: &str,
+    customer: &str,
+    except: Option<&str>,
+    destinations: u16,
+) -> Result<u64, String> {
     if let Some(id) = except {
         validate::session_id(id).map_err(|e| format!("--except: {}", e.message))?;
     }
-    let sessions = open(url, tenant, customer).await?;
+    let sessions = open(url, tenant, customer, destinations).await?;
     sessions
         .delete_customer(tenant, customer, except)
         .await
@@ -89,7 +98,10 @@ mod tests {
         assert_eq!(lines.len(), 1_205, "every page, each once");
         assert_eq!(lines[0]["sessionId"], "c-1205", "newest first");
         assert_eq!(lines[1_204]["sessionId"], "c-1");
-        assert_eq!(delete(&url, "shop", "C1", Some("c-7")).await, Ok(1_204));
+        // With the service's one webhook URL, each ending is recorded for it to deliver.
+        assert_eq!(delete(&url, "shop", "C1", Some("c-7"), 1).await, Ok(1_204));
+        let store = store::open(&url).await.unwrap();
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 1_204);
         let mut out = Vec::new();
         assert_eq!(list(&url, "shop", "C1", &mut out).await, Ok(1));
         assert_eq!(
@@ -108,9 +120,14 @@ mod tests {
                 .unwrap_err()
                 .contains("--tenant")
         );
-        assert!(delete(&url, "shop", "", None).await.unwrap_err().contains("--customer"));
         assert!(
-            delete(&url, "shop", "C1", Some("a b"))
+            delete(&url, "shop", "", None, 0)
+                .await
+                .unwrap_err()
+                .contains("--customer")
+        );
+        assert!(
+            delete(&url, "shop", "C1", Some("a b"), 0)
                 .await
                 .unwrap_err()
                 .contains("--except")

@@ -501,13 +501,21 @@ impl Sessions {
             };
             let version = next.metadata.version;
             let written = self.record(key, &next, generation, now)?;
-            policy.check_limits(
+            let limits = policy.check_limits(
                 footprint,
                 Footprint {
                     bytes: written.doc.len(),
                     attributes: next.context.len(),
                 },
-            )?;
+            );
+            if let Err(refusal) = limits {
+                // A login adopting the session (PUT with the customer's saas-token) is never
+                // refused for size; decoded again only on this rare path.
+                let before = record.as_ref().map(decode).transpose()?;
+                if !before.is_some_and(|before| rules::only_adopts(&before, &next)) {
+                    return Err(refusal.into());
+                }
+            }
             match self.store.write(key, expect, &written, now).await {
                 Ok(()) if record.is_none() => return Ok(Outcome::Created { version }),
                 Ok(()) => return Ok(Outcome::Updated { version }),

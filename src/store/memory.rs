@@ -288,10 +288,11 @@ impl SessionStore for MemoryStore {
             Settlement::Done => {
                 state.outbox.remove(&seq);
             }
-            Settlement::Retry { next_attempt_at } => {
+            Settlement::Retry { .. } | Settlement::Release { .. } => {
+                let (next_attempt_at, failed) = settlement.again().unwrap_or_default();
                 if let Some(e) = state.outbox.get_mut(&seq) {
-                    e.attempts = e.attempts.saturating_add(1);
-                    e.next_attempt_at = *next_attempt_at;
+                    e.attempts = e.attempts.saturating_add(u32::from(failed));
+                    e.next_attempt_at = next_attempt_at;
                     e.claim = None;
                 }
             }

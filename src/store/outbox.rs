@@ -133,6 +133,20 @@ pub enum Settlement {
     Done,
     /// Failed: try again not before `next_attempt_at`, with the attempt counted.
     Retry { next_attempt_at: Millis },
+    /// Not tried (the dispatcher had no room for its destination): offered again not before
+    /// `next_attempt_at`, the attempts as they were.
+    Release { next_attempt_at: Millis },
+}
+
+impl Settlement {
+    /// When the entry is offered again, and whether an attempt is counted; `None` for done.
+    pub fn again(&self) -> Option<(Millis, bool)> {
+        match self {
+            Settlement::Done => None,
+            Settlement::Retry { next_attempt_at } => Some((*next_attempt_at, true)),
+            Settlement::Release { next_attempt_at } => Some((*next_attempt_at, false)),
+        }
+    }
 }
 
 /// How much is waiting, for the metrics.

@@ -558,15 +558,16 @@ impl SessionStore for PostgresStore {
         let query = match settlement {
             Settlement::Done => sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq),
             // The rows behind it wait with it (see `claim_events`): they were never claimed.
-            Settlement::Retry { next_attempt_at } => sqlx::query(
-                "UPDATE outbox AS o SET attempts = o.attempts + CASE WHEN o.seq = $1 THEN 1 ELSE 0 END,
+            Settlement::Retry { .. } | Settlement::Release { .. } => sqlx::query(
+                "UPDATE outbox AS o SET attempts = o.attempts + CASE WHEN o.seq = $1 AND $3 THEN 1 ELSE 0 END,
                    next_attempt_at = $2, claim_owner = NULL, claimed_until = NULL
                  FROM outbox AS h
                  WHERE h.seq = $1 AND o.destination = h.destination AND o.tenant = h.tenant
                    AND o.session_id = h.session_id AND o.seq >= $1",
             )
             .bind(seq)
-            .bind(*next_attempt_at),
+            .bind(settlement.again().unwrap_or_default().0)
+            .bind(settlement.again().unwrap_or_default().1),
         };
         self.bounded(query.execute(&self.pool)).await.map(|_| ())
     }

@@ -1133,17 +1133,20 @@ fn apply_counted(conn: &Connection, job: &Job) -> rusqlite::Result<usize> {
             .and_then(|mut stmt| stmt.execute(params![seq])),
         Job::Settle {
             seq,
-            settlement: Settlement::Retry { next_attempt_at },
+            settlement: settlement @ (Settlement::Retry { .. } | Settlement::Release { .. }),
         } => conn
             // The rows behind it wait with it (see `claim`): they were never claimed.
             .prepare_cached(
-                "UPDATE outbox SET attempts = attempts + (seq = ?1), next_attempt_at = ?2,
+                "UPDATE outbox SET attempts = attempts + (seq = ?1 AND ?3), next_attempt_at = ?2,
                    claim_owner = NULL, claimed_until = NULL
                  WHERE (destination, tenant, session_id) =
                          (SELECT destination, tenant, session_id FROM outbox WHERE seq = ?1)
                    AND seq >= ?1",
             )
-            .and_then(|mut stmt| stmt.execute(params![seq, next_attempt_at])),
+            .and_then(|mut stmt| {
+                let (next_attempt_at, failed) = settlement.again().unwrap_or_default();
+                stmt.execute(params![seq, next_attempt_at, failed])
+            }),
         Job::Retire | Job::DeleteCustomer { .. } | Job::Claim { .. } => Ok(0),
     }
 }

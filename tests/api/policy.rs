@@ -400,6 +400,52 @@ async fn each_tenant_has_its_own_policy(backend: Backend) {
     assert_eq!(app.read("s1").await.status, StatusCode::OK);
 }
 
+/// Login adoption is never refused for size: a PUT that sets the customer (with the
+/// customer's saas-token) on an anonymous session just under the limit adopts it; one that also
+/// changes something else is held to the limit.
+async fn adoption_is_never_refused_for_size(backend: Backend) {
+    let app = TestApp::new(backend)
+        .await
+        .with_policy(policy(|p| p.max_session_bytes = 1_024));
+    let token = anonymous("near");
+    let create = async |filler: usize| {
+        let created = app
+            .call(
+                Method::PATCH,
+                &me_path("?upsert=true"),
+                Some(&token),
+                Some(json!({"context": {"f": "x".repeat(filler)}})),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        app.read("near").await.text.len()
+    };
+    // Sized to 10 bytes under the limit (one try to measure the frame, one to fit).
+    let frame = create(500).await - 500;
+    app.call(Method::DELETE, &me_path(""), Some(&token), None).await;
+    assert_eq!(create(1_024 - 10 - frame).await, 1_014);
+    let adopt = |body: Value| {
+        axum::http::Request::builder()
+            .method(Method::PUT)
+            .uri(context_path("near", ""))
+            .header("authorization", format!("Bearer {}", manager()))
+            .header("saas-token", saas("C87362407845"))
+            .header("if-match", "*")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap()
+    };
+    let grows_too = app
+        .send(adopt(json!({"customerId": "C87362407845", "siteCode": "main"})))
+        .await;
+    grows_too.assert_error(413, "session_too_large");
+    let adopted = app.send(adopt(json!({"customerId": "C87362407845"}))).await;
+    assert_status(&adopted, 204);
+    let stored = app.read("near").await;
+    assert_eq!(stored.json["customerId"], json!("C87362407845"));
+    assert!(stored.text.len() > 1_024, "past the limit by the customer id alone");
+}
+
 crate::on_every_backend!(
     a_session_never_grows_past_the_size_limit,
     a_session_over_a_lowered_limit_can_only_shrink,
@@ -409,4 +455,5 @@ crate::on_every_backend!(
     hidden_attributes_are_neither_seen_nor_written_by_shoppers,
     values_outside_the_allowed_lists_are_refused,
     each_tenant_has_its_own_policy,
+    adoption_is_never_refused_for_size,
 );

@@ -111,6 +111,19 @@ pub fn adopt(mut session: SessionContext, customer: &str, now: Millis) -> Sessio
     session
 }
 
+/// Whether `next` is `before` adopted by a login and nothing else: an anonymous session given
+/// a customer, every other field as it was (the version and `modifiedAt` aside). Such a change
+/// is never refused for size (the contract's "Tenant policy").
+pub fn only_adopts(before: &SessionContext, next: &SessionContext) -> bool {
+    if before.customer_id.is_some() || next.customer_id.is_none() {
+        return false;
+    }
+    let mut undone = next.clone();
+    undone.customer_id = None;
+    undone.metadata = before.metadata;
+    undone == *before
+}
+
 /// A session created on a storefront's first use (`--create-on-first-use`): the token's
 /// customer, and the field values its claims carry (already checked by the caller).
 pub fn create_for_shopper(

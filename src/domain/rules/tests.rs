@@ -227,3 +227,19 @@ proptest! {
         prop_assert_eq!(without.metadata.version, base.metadata.version + 2);
     }
 }
+
+#[test]
+fn only_adopts_is_a_customer_given_and_nothing_else() {
+    let mut before = SessionContext::new("s1", 1_000);
+    before.currency = Some("EUR".into());
+    let mut adopted = adopt(before.clone(), "C1", 2_000);
+    assert!(only_adopts(&before, &adopted));
+    adopted.site_code = Some("main".into());
+    assert!(!only_adopts(&before, &adopted), "and another change");
+    let customer = adopt(before.clone(), "C1", 2_000);
+    assert!(
+        !only_adopts(&customer, &adopt(customer.clone(), "C2", 3_000)),
+        "not anonymous before"
+    );
+    assert!(!only_adopts(&before, &before), "no customer after");
+}

@@ -246,7 +246,8 @@ if len > 0 then out[3] = string.match(redis.call('LINDEX', KEYS[2], 0), '^%S+ (%
 return out
 "#;
 
-/// KEYS: outbox hash, event list. ARGV: destination, event id, "done" or "retry", next attempt.
+/// KEYS: outbox hash, event list. ARGV: destination, event id, "done", "retry" (an attempt
+/// counted) or "release" (not), next attempt.
 /// Settles the destination's head if it is still that event. Returns {1 if an entry went else
 /// 0, 1 if the destination has a next entry else 0, when the oldest element left was recorded
 /// ("" = none left)}.
@@ -274,7 +275,7 @@ if c < len then
         for i = 0, nd - 1 do redis.call('HINCRBY', KEYS[1], 'c' .. i, -low) end
       end
     else
-      redis.call('HINCRBY', KEYS[1], 'a' .. d, 1)
+      if ARGV[3] == 'retry' then redis.call('HINCRBY', KEYS[1], 'a' .. d, 1) end
       redis.call('HSET', KEYS[1], 't' .. d, ARGV[4])
       redis.call('HDEL', KEYS[1], 'o' .. d, 'u' .. d)
     end
@@ -969,6 +970,7 @@ where
         let (kind, next_attempt_at) = match settlement {
             Settlement::Done => ("done", String::new()),
             Settlement::Retry { next_attempt_at } => ("retry", next_attempt_at.to_string()),
+            Settlement::Release { next_attempt_at } => ("release", next_attempt_at.to_string()),
         };
         let (removed, more, oldest): (i64, i64, String) = self
             .outbox
@@ -992,7 +994,7 @@ where
                 (-wall.max(1)).to_string()
             }
             Settlement::Done => String::new(),
-            Settlement::Retry { .. } => next_attempt_at,
+            Settlement::Retry { .. } | Settlement::Release { .. } => next_attempt_at,
         };
         let mut invocation = self.outbox.settled.prepare_invoke();
         for k in self.shard_keys(shard_of(member)) {
