@@ -276,6 +276,18 @@ async fn claims_give_each_destination_a_sessions_events_in_order_to_one_owner(ba
     assert_eq!(summary(&again), [(0, "s1".into(), EventKind::Created, 1)]);
     assert_eq!(again[0].event.id, s1.event.id, "a redelivery repeats the id");
     assert_eq!(again[0].attempts, 1);
+    // Given back untried: offered again at its time, the attempts as they were.
+    store
+        .settle_event(
+            &again[0].entry,
+            &Settlement::Release {
+                next_attempt_at: NOW + 500,
+            },
+        )
+        .await
+        .unwrap();
+    let again = store.claim_events("b", 100, LEASE, NOW + 500).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 1), "{again:?}");
     // A claim that runs out (its owner died) is taken over, with the same event.
     let taken = store
         .claim_events("c", 100, LEASE, NOW + 500 + LEASE + 1)
