@@ -202,3 +202,32 @@ where
     }
     assert_eq!(readiness(&client, server).await, StatusCode::OK);
 }
+
+/// The store of one test, shared by its processes (and their restarts): a fresh SQLite file,
+/// memory, or its own namespace on a networked store.
+pub struct Store {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Store {
+    pub async fn fresh(backend: super::Backend) -> Store {
+        match backend {
+            super::Backend::Memory => Store {
+                url: "memory://".into(),
+                _dir: None,
+            },
+            super::Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                Store {
+                    url: format!("sqlite://{}", dir.path().join("sessions.db").display()),
+                    _dir: Some(dir),
+                }
+            }
+            other => Store {
+                url: super::namespaced_url(other).await,
+                _dir: None,
+            },
+        }
+    }
+}

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use session_context::auth::mint::TokenSpec;
 use tokio::task::JoinHandle;
 
-use crate::common::server::{BIN, Server, secret};
+use crate::common::server::{BIN, Server, Store, secret};
 use crate::common::*;
 
 /// The customer whose sessions are listed and ended.
@@ -26,32 +26,6 @@ const CUSTOMER: &str = "alice";
 const BYSTANDER: &str = "bob";
 /// A second tenant, with a customer of the same id.
 const OTHER_TENANT: &str = "outlet";
-
-/// The store of one test, shared by its processes (and its restarts).
-struct Store {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn fresh_store(backend: Backend) -> Store {
-    match backend {
-        Backend::Memory => Store {
-            url: "memory://".into(),
-            _dir: None,
-        },
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            Store {
-                url: format!("sqlite://{}", dir.path().join("sessions.db").display()),
-                _dir: Some(dir),
-            }
-        }
-        other => Store {
-            url: namespaced_url(other).await,
-            _dir: None,
-        },
-    }
-}
 
 /// `serve` on `store_url` with the tests' access-token and saas-token secrets.
 fn serve(store_url: &str) -> Server {
@@ -428,7 +402,7 @@ const SEEDED: usize = 3_000;
 /// the other customers' sessions are untouched.
 async fn a_delete_cut_short_by_sigkill_and_retried_removes_every_acknowledged_session(backend: Backend) {
     let started = Instant::now();
-    let store = fresh_store(backend).await;
+    let store = Store::fresh(backend).await;
     seed(&store.url, CUSTOMER, "seeded-", SEEDED);
     let client = http_client();
     let mut server = serve(&store.url);
@@ -593,7 +567,7 @@ fn assert_no_id_twice(listed: &[Value], total: u64, who: &str) {
 /// on), show none of them and nothing that a GET says is gone; at the end both list the same.
 async fn a_delete_on_one_instance_removes_what_another_acknowledged(backend: Backend) {
     let started = Instant::now();
-    let store = fresh_store(backend).await;
+    let store = Store::fresh(backend).await;
     seed(&store.url, CUSTOMER, "seeded-", SEEDED);
     let client = http_client();
     let (a, b) = (serve(&store.url), serve(&store.url));
@@ -827,7 +801,7 @@ const STABLE: usize = 600;
 /// and afterwards a list shows exactly those.
 async fn a_list_never_shows_a_deleted_session(backend: Backend) {
     let started = Instant::now();
-    let store = fresh_store(backend).await;
+    let store = Store::fresh(backend).await;
     let client = http_client();
     let server = serve(&store.url);
     let stable = stable_sessions(backend, &store, &client, &server.base, STABLE).await;
@@ -926,7 +900,7 @@ async fn a_list_never_shows_a_deleted_session(backend: Backend) {
 /// says.
 async fn a_list_during_creations_shows_each_session_once(backend: Backend) {
     let started = Instant::now();
-    let store = fresh_store(backend).await;
+    let store = Store::fresh(backend).await;
     let client = http_client();
     let server = serve(&store.url);
     let stable = stable_sessions(backend, &store, &client, &server.base, STABLE).await;
@@ -985,7 +959,7 @@ async fn call(client: &reqwest::Client, method: Method, url: &str, token: &str) 
 /// `pageNumber`, `pageSize` or `keepCurrent`, pages newest `modifiedAt` first with the right
 /// X-Total-Count, `keepCurrent=true`, `except`, and tenants kept apart.
 async fn the_endpoints_answer_as_the_contract_says(backend: Backend) {
-    let store = fresh_store(backend).await;
+    let store = Store::fresh(backend).await;
     let client = http_client();
     let server = serve(&store.url);
     let base = server.base.as_str();

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::common::receiver::{Behaviour, Delivery, Event, Receiver, key_of, signature_valid, verify};
-use crate::common::server::{Server, secret};
+use crate::common::server::{Server, Store, secret};
 use crate::common::*;
 
 /// The key events are signed with; the service gets it in the Standard Webhooks form.
@@ -25,32 +25,6 @@ const KEY: &[u8] = b"events-test-key-events-test-key!";
 
 fn webhook_secret() -> String {
     format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(KEY))
-}
-
-/// A store for one test: its URL, and the directory an SQLite file lives in.
-struct Store {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn store_for(backend: Backend) -> Store {
-    match backend {
-        Backend::Memory => Store {
-            url: "memory://".into(),
-            _dir: None,
-        },
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            Store {
-                url: format!("sqlite://{}", dir.path().join("sessions.db").display()),
-                _dir: Some(dir),
-            }
-        }
-        other => Store {
-            url: namespaced_url(other).await,
-            _dir: None,
-        },
-    }
 }
 
 /// `serve` on `store` with events to `urls` (short backoff: 1 s at most), anonymous sessions
@@ -380,7 +354,7 @@ impl Expected {
 /// at that version; signed, and sent as `application/cloudevents+json`. Refused writes (409,
 /// 403, 401, 404), attribute deletes that change nothing and reads emit nothing.
 async fn each_change_is_one_signed_event(backend: Backend) {
-    let store = store_for(backend).await;
+    let store = Store::fresh(backend).await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     let server = start_service(&store.url, &[receiver.url()], "1h", &[]);
     let api = Api::of(&server);
@@ -669,7 +643,7 @@ fn customer_token(id: &str, customer_id: &str) -> String {
 /// session) within two sweep intervals of its expiry, on every store; a customer session
 /// without a TTL is not.
 async fn expiry_is_told_within_two_sweeps(backend: Backend) {
-    let store = store_for(backend).await;
+    let store = Store::fresh(backend).await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     let sweep = Duration::from_secs(1);
     let server = start_service(&store.url, &[receiver.url()], "1s", &["--sweep-interval", "1s"]);
@@ -737,7 +711,7 @@ enum Outage {
 /// back: per session in order, redeliveries with the same id and body, the failed attempts
 /// counted.
 async fn a_receiver_gets_everything_after_an_outage(backend: Backend, outage: Outage) {
-    let store = store_for(backend).await;
+    let store = Store::fresh(backend).await;
     let mut receiver = match outage {
         Outage::Fails => Receiver::start(Behaviour::Fail).await,
         Outage::Down => Receiver::down().await,
@@ -851,7 +825,7 @@ fn random_in(range: std::ops::Range<u32>) -> u32 {
 /// acknowledged change) reaches each of two URLs, per session in order; an event comes twice
 /// only across a kill. Memory loses everything on a kill, so not there.
 async fn every_acknowledged_change_is_told_after_kill_9(backend: Backend) {
-    let store = store_for(backend).await;
+    let store = Store::fresh(backend).await;
     let receivers = [
         Receiver::start(Behaviour::Accept).await,
         Receiver::start(Behaviour::Accept).await,
@@ -945,7 +919,7 @@ async fn every_acknowledged_change_is_told_after_kill_9(backend: Backend) {
 /// (5) Two instances on one store, writes through both, one receiver: every event delivered,
 /// in order, each exactly once (no failure, so no duplicate).
 async fn two_instances_send_each_event_once(backend: Backend) {
-    let store = store_for(backend).await;
+    let store = Store::fresh(backend).await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     let servers = [
         start_service(&store.url, &[receiver.url()], "1h", &[]),
@@ -1009,7 +983,7 @@ enum Slow {
 /// (6) Two URLs, one slow: the other gets every event promptly (within a couple of seconds of
 /// the writes), the slow one gets them later, and both get the same event ids.
 async fn a_slow_url_does_not_hold_back_another(backend: Backend, slow: Slow, sessions: usize, changes: u64) {
-    let store = store_for(backend).await;
+    let store = Store::fresh(backend).await;
     let mut laggard = match slow {
         Slow::Hangs => Receiver::start(Behaviour::Hang(Duration::from_secs(20))).await,
         Slow::Down => Receiver::down().await,
@@ -1112,7 +1086,7 @@ async fn a_receiver_that_never_comes_back_costs_storage_not_memory(backend: Back
     const SESSIONS: usize = 300;
     const CHANGES: usize = 10; // per session: 3,000 events in all
     const MB: u64 = 1024 * 1024;
-    let store = store_for(backend).await;
+    let store = Store::fresh(backend).await;
     let gone = Receiver::down().await;
     let server = start_service(&store.url, &[gone.url()], "1h", &[]);
     let pid = server.child.id();

@@ -702,16 +702,7 @@ where
         if built {
             return Ok(());
         }
-        let mine: Option<String> = redis::cmd("SET")
-            .arg(&lock)
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(GRACE)
-            .query_async(&mut conn)
-            .await
-            .map_err(from_redis)?;
-        if mine.is_none() {
+        if !take_lock(&mut conn, &lock).await? {
             return Ok(());
         }
         let pattern = format!("{}:{{*", glob_escape(&self.prefix));
@@ -789,6 +780,21 @@ where
         self.index_add(&customer, session_id, &record, token, now).await?;
         Ok(true)
     }
+}
+
+/// Takes the lock key `lock` of a one-time job at start (for `GRACE`, so a holder that died
+/// leaves it to the next start); whether this instance got it.
+pub(super) async fn take_lock<C: ConnectionLike + Send>(conn: &mut C, lock: &str) -> Result<bool, StoreError> {
+    let mine: Option<String> = redis::cmd("SET")
+        .arg(lock)
+        .arg("1")
+        .arg("NX")
+        .arg("PX")
+        .arg(GRACE)
+        .query_async(conn)
+        .await
+        .map_err(from_redis)?;
+    Ok(mine.is_some())
 }
 
 /// `text` with the glob characters of `SCAN MATCH` escaped.

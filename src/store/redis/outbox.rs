@@ -1063,16 +1063,7 @@ where
         let lock = format!("{}:outbox:repairing", self.prefix);
         let built = format!("{}:outbox:expiry-index-built", self.prefix);
         let mut conn = self.writes.clone();
-        let mine: Option<String> = redis::cmd("SET")
-            .arg(&lock)
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(GRACE)
-            .query_async(&mut conn)
-            .await
-            .map_err(from_redis)?;
-        if mine.is_none() {
+        if !super::customers::take_lock(&mut conn, &lock).await? {
             return Ok(());
         }
         let expiries_listed: bool = redis::cmd("EXISTS")
