@@ -141,7 +141,15 @@ impl Settings {
         let mut tenants = HashMap::new();
         let mut tenant_cors_origins = HashMap::new();
         for table in &args.tenant_tables {
-            let at = |e: String| format!("{config}:{}: [tenants.{}] {e}", table.line, table.tenant);
+            // Each message starts with the key it is about: point at that key's line.
+            let at = |e: String| {
+                let line = table
+                    .key_lines
+                    .iter()
+                    .find(|(key, _)| e.starts_with(key.as_str()))
+                    .map_or(table.line, |(_, line)| *line);
+                format!("{config}:{line}: [tenants.{}] {e}", table.tenant)
+            };
             tenants.insert(table.tenant.clone(), tenant_policy(&default_policy, table).map_err(at)?);
             if let Some(origins) = &table.cors_origins {
                 let origins =
@@ -472,12 +480,21 @@ cors-origins = ["https://outlet.example"]
                 assert!(err.contains(part), "{text:?}: {err}");
             }
         }
+        // Values checked after reading name the key's own line, not the table's.
         let err = from_file(
-            "[tenants.outlet]\nallowed-currency = [\"eur\"]\n",
+            "[tenants.outlet]\nmax-attributes = 3\nallowed-currency = [\"eur\"]\n",
             &["--jwt-secret", "x"],
         )
         .unwrap_err();
-        assert!(err.contains("FILE:1") && err.contains("allowed-currency"), "{err}");
+        assert!(err.contains("FILE:3") && err.contains("allowed-currency"), "{err}");
+        let err = from_file("[tenants.outlet]\n\nmax-session-bytes = 10\n", &["--jwt-secret", "x"]).unwrap_err();
+        assert!(err.contains("FILE:3") && err.contains("max-session-bytes"), "{err}");
+        let err = from_file(
+            "[tenants.outlet]\ncors-origins = [\"https://a.example/shop\"]\n",
+            &["--jwt-secret", "x"],
+        )
+        .unwrap_err();
+        assert!(err.contains("FILE:2") && err.contains("cors-origins"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct TenantTable {
     /// The line of the table's header, for messages about its values.
     #[serde(skip)]
     pub line: usize,
+    /// The line of each key of the table, for messages about its value.
+    #[serde(skip)]
+    pub key_lines: BTreeMap<String, usize>,
     #[serde(default, deserialize_with = "duration")]
     pub anonymous_ttl: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -139,7 +142,17 @@ fn read(
                         e.message
                     )
                 })?;
-                tenant_lines.insert(tenant.get_ref().to_string(), line_of(text, table.span().start));
+                let key_lines: BTreeMap<String, usize> = match table.get_ref() {
+                    DeValue::Table(keys) => keys
+                        .iter()
+                        .map(|(k, _)| (k.get_ref().to_string(), line_of(text, k.span().start)))
+                        .collect(),
+                    _ => BTreeMap::new(),
+                };
+                tenant_lines.insert(
+                    tenant.get_ref().to_string(),
+                    (line_of(text, table.span().start), key_lines),
+                );
             }
             continue;
         }
@@ -170,10 +183,11 @@ fn read(
         .tenants;
     let tenants = tenant_lines
         .into_iter()
-        .map(|(tenant, line)| {
+        .map(|(tenant, (line, key_lines))| {
             let mut table = tables.remove(&tenant).unwrap_or_default();
             table.tenant = tenant;
             table.line = line;
+            table.key_lines = key_lines;
             table
         })
         .collect();
