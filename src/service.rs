@@ -175,7 +175,13 @@ pub struct Sessions {
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
     policy: Arc<Policy>,
+    /// Writers of one session inside this instance take turns (see [`Sessions::update`]).
+    turns: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// How many locks the sessions' writers share (by a hash of the session): enough that two busy
+/// sessions rarely share one.
+const TURN_STRIPES: usize = 1_024;
 
 impl Sessions {
     pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, policy: Policy) -> Self {
@@ -183,6 +189,7 @@ impl Sessions {
             store,
             clock,
             policy: Arc::new(policy),
+            turns: (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -449,6 +456,11 @@ impl Sessions {
     /// (`shopper`), a login adopts the session and a first use creates it before `decide` runs,
     /// each as a write of its own. Every change is then held to the tenant's policy before it
     /// is written: what a shopper may change, the allowed values, and the size limits.
+    ///
+    /// Writers of one session inside this instance take turns (a lock per stripe of sessions,
+    /// fair, held from the load to the write): 64 clients changing one session no longer all
+    /// load the same version, race, lose and retry against the store (a retry storm); each
+    /// writes once. The store's conditional write still decides between instances.
     async fn update<F>(
         &self,
         key: &SessionKey,
@@ -462,6 +474,7 @@ impl Sessions {
         // The rules below look at the session before the change only when the policy has
         // something to compare; else they need nothing but its size.
         let compares = !policy.allowed.is_empty() || (shopper.is_some() && policy.guards_attributes());
+        let _turn = self.turns[stripe(key)].lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             let now = self.now();
             let record = self.store.load(key, now).await?;
@@ -619,6 +632,14 @@ impl Sessions {
             Err(e) => tracing::debug!(error = %e, "extending a session's expiry failed"),
         }
     }
+}
+
+/// The stripe of writer turns `key` belongs to.
+fn stripe(key: &SessionKey) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % TURN_STRIPES as u64) as usize
 }
 
 /// What `Sessions::first_use` did.
