@@ -95,7 +95,7 @@ fn setting(name: &str, default: u64) -> u64 {
 
 /// Where requests go: the router in this process, or real service processes.
 enum Target {
-    InProcess(TestApp),
+    InProcess(Box<TestApp>),
     /// The base URLs of running service processes.
     Processes(Vec<String>, reqwest::Client),
 }
@@ -556,7 +556,7 @@ fn outcome_name(output: &Output) -> &'static str {
 /// on a shared store (as deployed). The servers and the data directory live as long as `_keep`.
 async fn real_processes(backend: Backend) -> (Target, (Vec<Server>, Option<tempfile::TempDir>)) {
     if backend == Backend::Memory {
-        return (Target::InProcess(TestApp::new(backend).await), (vec![], None));
+        return (Target::InProcess(Box::new(TestApp::new(backend).await)), (vec![], None));
     }
     let (url, dir) = store_url(backend).await;
     let instances = if backend == Backend::Sqlite { 1 } else { 2 };
@@ -730,7 +730,7 @@ impl SessionStore for LastWriterWins {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_loses_updates_is_caught() {
     let store = Arc::new(LastWriterWins(MemoryStore::default()));
-    let target = Arc::new(Target::InProcess(TestApp::on_store(store, None, 65_536)));
+    let target = Arc::new(Target::InProcess(Box::new(TestApp::on_store(store, None, 65_536))));
     let mut seeds = Rng(seed() | 1);
     // Lost updates need two writers to meet in the store's 1 ms window; a few rounds make that
     // all but certain.
