@@ -252,7 +252,9 @@ impl SessionStore for Gate {
 /// Found by the history checker (tests/histories): an attribute change read version 1 of a
 /// session, the session was deleted and created again (version 1 again), and the change then
 /// landed on the new session, built from the old one's content. The write must see that the
-/// session it read is gone, read again, and apply the change to the new one.
+/// session it read is gone, read again, and apply the change to the new one. The delete and the
+/// new life come through a second instance on the same store: inside one instance, writers of
+/// a session take turns, so only another instance can cut in between a read and its write.
 async fn a_change_read_from_a_deleted_session_does_not_land_on_its_successor(backend: Backend) {
     let (inner, dir) = open_store(backend).await;
     let gate = Arc::new(Gate {
@@ -262,6 +264,7 @@ async fn a_change_read_from_a_deleted_session_does_not_land_on_its_successor(bac
         release: Notify::new(),
     });
     let app = Arc::new(TestApp::on_store(gate.clone(), dir, 65_536));
+    let other = TestApp::on_store(gate.clone(), None, 65_536);
     app.create("s", json!({"context": {"life": "first"}, "metadata": {"version": 1}}))
         .await;
     gate.armed.store(true, Ordering::SeqCst);
@@ -280,11 +283,12 @@ async fn a_change_read_from_a_deleted_session_does_not_land_on_its_successor(bac
     });
     // The change has read the first life and is about to write.
     gate.reached.notified().await;
-    let deleted = app
+    let deleted = other
         .call(Method::DELETE, &context_path("s", ""), Some(&manager()), None)
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
-    app.create("s", json!({"context": {"life": "second"}, "metadata": {"version": 1}}))
+    other
+        .create("s", json!({"context": {"life": "second"}, "metadata": {"version": 1}}))
         .await;
     gate.release.notify_one();
     let changed = change.await.unwrap();
