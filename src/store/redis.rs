@@ -60,9 +60,10 @@ use super::{
 };
 use crate::clock::Millis;
 
-/// The customer of the session hash `key` ("" for none), in a script. Field `c` says it in
-/// hashes written since the customer index exists (they all have field `m`); an older hash
-/// (no `m`) is read from its document.
+/// Functions every session script starts with: `customer_of(key)`, the customer of the session
+/// hash `key` ("" for none; field `c` says it in hashes written since the customer index exists,
+/// which all have field `m`; an older hash, without `m`, is read from its document), and
+/// `store_record()`, the write scripts' one way to store the record their ARGV carry.
 const CUSTOMER_OF: &str = r#"
 local function customer_of(key)
   local f = redis.call('HMGET', key, 'c', 'm', 'd')
@@ -71,6 +72,23 @@ local function customer_of(key)
   local ok, doc = pcall(cjson.decode, f[3])
   if ok and type(doc) == 'table' and type(doc['customerId']) == 'string' then return doc['customerId'] end
   return ''
+end
+-- The write scripts' one way to store the record their ARGV carry (version 4, expires_at 5,
+-- doc 6, ttl 7, generation 9, customer 10, modified_at 11) in the session hash KEYS[1].
+local function store_record()
+  redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6], 'g', ARGV[9], 'm', ARGV[11])
+  if ARGV[10] == '' then
+    redis.call('HDEL', KEYS[1], 'c')
+  else
+    redis.call('HSET', KEYS[1], 'c', ARGV[10])
+  end
+  if ARGV[5] == '' then
+    redis.call('HDEL', KEYS[1], 'e')
+    redis.call('PERSIST', KEYS[1])
+  else
+    redis.call('HSET', KEYS[1], 'e', ARGV[5])
+    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  end
 end
 "#;
 
@@ -88,19 +106,7 @@ elseif not live or stored[1] ~= ARGV[2] or (stored[3] or '0') ~= ARGV[8] then
   return {0, ''}
 end
 local before = customer_of(KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6], 'g', ARGV[9], 'm', ARGV[11])
-if ARGV[10] == '' then
-  redis.call('HDEL', KEYS[1], 'c')
-else
-  redis.call('HSET', KEYS[1], 'c', ARGV[10])
-end
-if ARGV[5] == '' then
-  redis.call('HDEL', KEYS[1], 'e')
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('HSET', KEYS[1], 'e', ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
-end
+store_record()
 return {1, before}
 "#;
 

@@ -108,19 +108,7 @@ local pushed = 0
 if stored[1] and not live then
   pushed = pushed + outbox_push(n, ARGV[3], ARGV[15], 'expired', stored[1], before, nil, stored[2])
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'd', ARGV[6], 'g', ARGV[9], 'm', ARGV[11])
-if ARGV[10] == '' then
-  redis.call('HDEL', KEYS[1], 'c')
-else
-  redis.call('HSET', KEYS[1], 'c', ARGV[10])
-end
-if ARGV[5] == '' then
-  redis.call('HDEL', KEYS[1], 'e')
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('HSET', KEYS[1], 'e', ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
-end
+store_record()
 local kind = 'updated'
 if ARGV[1] == 'absent' then kind = 'created' end
 pushed = pushed + outbox_push(n, ARGV[3], ARGV[14], kind, ARGV[4], ARGV[10], ARGV[6], ARGV[3])
